@@ -1,0 +1,136 @@
+"""`edvex usage import`: read a whole JSONL or CSV file of usage, check it, then append it.
+
+A line without an `id` gets one derived from the party, the file name, the line's content and how
+many identical lines came before it, so importing the same file again adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress
+
+from ledger import Client, LedgerError, RuleViolation
+from ledger.canonical import canonical_bytes, loads_strict
+from ledger.errors import InvalidEvent
+from ledger.events import Event, parse_event
+from ledger.values import amount_micros, format_timestamp
+
+from .common import fail
+
+_FIELDS = {"asset", "units", "revenue", "id", "grant"}
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int
+    event: Event
+
+
+def read_usage_file(path: Path, party: str) -> list[Line]:
+    """Parse and validate every line; the first bad one stops everything, naming its number."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        fail(f"{path}: cannot read ({e.strerror})")
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        fail(f"{path}: line {line}: invalid UTF-8 at byte {e.start}")
+    records = _csv_records(content) if path.suffix.lower() == ".csv" else _jsonl_records(content)
+    now = format_timestamp(datetime.now(UTC))
+    seen: Counter[bytes] = Counter()
+    lines = []
+    for number, record in records:
+        try:
+            lines.append(Line(number, _event(record, party, path.name, now, seen)))
+        except (LedgerError, ValueError) as e:
+            fail(f"{path}: line {number}: {e}")
+    if not lines:
+        fail(f"{path}: no usage lines")
+    return lines
+
+
+def _jsonl_records(content: str) -> list[tuple[int, Any]]:
+    out = []
+    for number, text in enumerate(content.splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            out.append((number, loads_strict(text, where="line")))
+        except InvalidEvent as e:
+            fail(f"line {number}: not valid JSON ({e.reason})")
+    return out
+
+
+def _csv_records(content: str) -> list[tuple[int, Any]]:
+    reader = csv.reader(io.StringIO(content, newline=""))
+    header = next(reader, None)
+    if header is None or "asset" not in header or "units" not in header:
+        fail("CSV needs a header line with asset,units[,revenue][,id]")
+    unknown = set(header) - _FIELDS
+    if unknown:
+        fail(f"CSV header: unknown column(s) {', '.join(sorted(unknown))}")
+    out = []
+    for row in reader:
+        number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            fail(f"line {number}: {len(row)} fields, the header has {len(header)}")
+        record: dict[str, Any] = {k: v for k, v in zip(header, row, strict=True) if v != ""}
+        units = record.get("units", "")
+        if not units.isdigit():
+            fail(f"line {number}: units must be a whole number, got {units!r}")
+        record["units"] = int(units)
+        out.append((number, record))
+    return out
+
+
+def _event(record: Any, party: str, source: str, now: str, seen: Counter[bytes]) -> Event:
+    if not isinstance(record, dict):
+        raise ValueError("each line must be a JSON object")
+    unknown = set(record) - _FIELDS
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+    revenue = record.get("revenue")
+    if revenue is not None and not isinstance(revenue, str):
+        raise ValueError("revenue must be a decimal string such as \"0.35\"")
+    body = {k: record[k] for k in ("asset", "units", "grant") if k in record}
+    if revenue is not None:
+        body["revenue"] = amount_micros(revenue, "revenue")
+    event_id = record.get("id")
+    if event_id is None:
+        content = canonical_bytes({"party": party, "file": source, "line": body})
+        seen[content] += 1
+        event_id = "imp-" + hashlib.sha256(content + b"#%d" % seen[content]).hexdigest()[:32]
+    return parse_event({"id": event_id, "type": "usage.recorded", "actor": party,
+                        "occurred_at": now, "body": body})  # fmt: skip
+
+
+def append_lines(client: Client, lines: list[Line], batch_size: int, bar: Progress) -> dict[str, Any]:
+    """Append in batches; a rejected batch stops the import, naming the line."""
+    by_id = {line.event.id: line.number for line in lines}
+    appended = already = 0
+    with bar:
+        task = bar.add_task("importing", total=len(lines))
+        for start in range(0, len(lines), batch_size):
+            chunk = [line.event for line in lines[start : start + batch_size]]
+            try:
+                results = client.append_events(chunk)
+            except RuleViolation as e:
+                number = by_id.get(e.event_id, 0)
+                fail(f"line {number}: {e} (lines before {lines[start].number} were appended)")
+            new = sum(len(r.seqs) for r in results if not r.duplicate)
+            appended += new
+            already += len(chunk) - new
+            bar.advance(task, len(chunk))
+    return {"lines": len(lines), "appended": appended, "already": already}

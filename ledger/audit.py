@@ -1,0 +1,201 @@
+"""Recomputing a log: every event hash, Merkle leaf, batch digest, batch signature and the tree.
+
+The auditor consumes batch and event records in `seq` order, wherever they come from (the
+database or an exported JSONL file), and raises `IntegrityError` naming the first `seq` at which
+anything differs. It does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import merkle
+from .canonical import canonical_bytes
+from .errors import IntegrityError, LedgerError
+from .events import batch_digest
+from .keys import verify_signature
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    batch: int
+    actor: str
+    key: str
+    digest: bytes
+    signature: bytes
+    first_seq: int
+    last_seq: int
+
+    def export(self) -> dict[str, Any]:
+        return {"record": "batch", "batch": self.batch, "actor": self.actor, "key": self.key,
+                "digest": self.digest.hex(), "signature": self.signature.hex(),
+                "first_seq": self.first_seq, "last_seq": self.last_seq}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    seq: int
+    id: str
+    type: str
+    actor: str
+    occurred_at: str
+    recorded_at: str
+    body: Mapping[str, Any]
+    hash: bytes
+    batch: int
+    body_text: str | None = None  # the stored bytes, when read from the database
+    leaf: bytes | None = None  # the stored leaf hash, when read from the database
+
+    def signed_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "actor": self.actor,
+                "occurred_at": self.occurred_at, "body": self.body}  # fmt: skip
+
+    def export(self) -> dict[str, Any]:
+        return {"record": "event", "seq": self.seq, "id": self.id, "type": self.type,
+                "actor": self.actor, "occurred_at": self.occurred_at,
+                "recorded_at": self.recorded_at, "body": self.body, "hash": self.hash.hex(),
+                "batch": self.batch}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    size: int
+    batches: int
+    root: bytes
+
+
+class Auditor:
+    """Feeds on records in log order; `finish` returns the recomputed tree."""
+
+    def __init__(self) -> None:
+        self.frontier = merkle.Frontier.empty()
+        self._keys: dict[str, str] = {}
+        self._batch: BatchRecord | None = None
+        self._hashes: list[bytes] = []
+        self._batches = 0
+        self._last_recorded = ""
+        self.new_nodes: list[tuple[int, int, bytes]] = []
+
+    @property
+    def size(self) -> int:
+        return self.frontier.size
+
+    def batch(self, rec: BatchRecord) -> None:
+        self._close_batch()
+        expected = self.size + 1
+        if rec.first_seq != expected or rec.last_seq < rec.first_seq:
+            raise IntegrityError(
+                expected, "batch range", f"batch {rec.batch} covers {rec.first_seq}..{rec.last_seq}"
+            )
+        self._batch = rec
+        self._hashes = []
+
+    def event(self, rec: EventRecord) -> None:
+        seq = self.size + 1
+        batch = self._batch
+        if rec.seq != seq:
+            raise IntegrityError(seq, "sequence", f"expected seq {seq}, found {rec.seq}")
+        if batch is None or rec.seq > batch.last_seq or rec.batch != batch.batch:
+            raise IntegrityError(seq, "batch membership", f"event claims batch {rec.batch}")
+        if rec.actor != batch.actor:
+            raise IntegrityError(seq, "actor", f"{rec.actor!r} in a batch of {batch.actor!r}")
+        if rec.recorded_at < self._last_recorded:
+            raise IntegrityError(seq, "recorded_at", "decreases along seq")
+        self._last_recorded = rec.recorded_at
+        self._check_bytes(rec)
+        self._track_key(rec)
+        self._hashes.append(rec.hash)
+        signed = rec.signed_dict()
+        leaf = merkle.leaf_hash(canonical_bytes({**signed, "recorded_at": rec.recorded_at}))
+        if rec.leaf is not None and rec.leaf != leaf:
+            raise IntegrityError(seq, "leaf hash", "stored leaf differs from the recomputed one")
+        self.new_nodes.extend(self.frontier.append(leaf))
+        if seq == batch.last_seq:
+            self._close_batch()
+
+    def _check_bytes(self, rec: EventRecord) -> None:
+        if rec.body_text is not None and canonical_bytes(rec.body).decode() != rec.body_text:
+            raise IntegrityError(rec.seq, "body bytes", "stored body is not canonical JSON")
+        recomputed = hashlib.sha256(canonical_bytes(rec.signed_dict())).digest()
+        if recomputed != rec.hash:
+            raise IntegrityError(
+                rec.seq, "event hash", f"stored {rec.hash.hex()[:16]}…, recomputed "
+                f"{recomputed.hex()[:16]}…",
+            )  # fmt: skip
+
+    def _track_key(self, rec: EventRecord) -> None:
+        batch = self._batch
+        assert batch is not None
+        if rec.seq == batch.first_seq:
+            current = self._keys.get(rec.actor)
+            if current is None and rec.type == "party.registered":
+                current = str(rec.body.get("public_key"))
+            if current != batch.key:
+                raise IntegrityError(
+                    rec.seq, "batch key", f"batch {batch.batch} is not signed by the actor's key"
+                )
+        if rec.type in ("party.registered", "party.key_rotated"):
+            self._keys[str(rec.body.get("party"))] = str(rec.body.get("public_key"))
+
+    def _close_batch(self) -> None:
+        batch = self._batch
+        if batch is None:
+            return
+        if self.size != batch.last_seq:
+            raise IntegrityError(
+                self.size + 1, "batch range", f"batch {batch.batch} ends before seq {batch.last_seq}"
+            )
+        if batch_digest(self._hashes) != batch.digest:
+            raise IntegrityError(batch.first_seq, "batch digest", f"batch {batch.batch}")
+        try:
+            verify_signature(batch.key, batch.digest, batch.signature, f"batch {batch.batch}")
+        except LedgerError as e:
+            raise IntegrityError(batch.first_seq, "batch signature", str(e)) from None
+        self._batches += 1
+        self._batch = None
+
+    def finish(self) -> AuditReport:
+        if self._batch is not None:
+            raise IntegrityError(
+                self.size + 1, "batch range", f"batch {self._batch.batch} is incomplete"
+            )
+        return AuditReport(self.size, self._batches, self.frontier.root())
+
+
+def audit(records: Iterable[BatchRecord | EventRecord]) -> tuple[Auditor, AuditReport]:
+    """Run the auditor over a whole stream of records."""
+    auditor = Auditor()
+    for rec in records:
+        if isinstance(rec, EventRecord):
+            auditor.event(rec)
+        else:
+            auditor.batch(rec)
+    return auditor, auditor.finish()
+
+
+def parse_export_line(line: str, number: int) -> BatchRecord | EventRecord | dict[str, Any]:
+    """One line of `edvex log export` back into a record (the header comes back as a dict)."""
+    try:
+        obj = json.loads(line)
+        kind = obj.get("record")
+        if kind == "event":
+            return EventRecord(
+                seq=obj["seq"], id=obj["id"], type=obj["type"], actor=obj["actor"],
+                occurred_at=obj["occurred_at"], recorded_at=obj["recorded_at"], body=obj["body"],
+                hash=bytes.fromhex(obj["hash"]), batch=obj["batch"],
+            )  # fmt: skip
+        if kind == "batch":
+            return BatchRecord(
+                batch=obj["batch"], actor=obj["actor"], key=obj["key"],
+                digest=bytes.fromhex(obj["digest"]), signature=bytes.fromhex(obj["signature"]),
+                first_seq=obj["first_seq"], last_seq=obj["last_seq"],
+            )  # fmt: skip
+        if kind is None and obj.get("format") == "edvex.log/1":
+            return dict(obj)
+        raise ValueError(f"unknown record {kind!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise IntegrityError(None, "export", f"line {number}: {e}") from None

@@ -1,0 +1,287 @@
+"""The SDK: `ledger.Client`, for services that emit events (DESIGN.md, "Public interfaces").
+
+It validates each event as it is made, buffers, batches by count and by time, signs each batch
+once, and retries a failed append with the same signed batch, so a retry never duplicates.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import LedgerError, PartialDuplicate, StoreError
+from .events import Event, parse_event
+from .keys import KeyPair, read_key
+from .store import AppendResult, Ledger, SignedBatch
+from .values import amount_micros, format_timestamp, uuid7
+
+AmountLike = str | Decimal | int
+
+
+class Transport(Protocol):
+    """Where batches go: the ledger itself, or anything that forwards to it."""
+
+    def append(self, batch: SignedBatch) -> AppendResult: ...
+
+
+def to_micros(value: AmountLike | None, what: str) -> int | None:
+    """SDK amounts are currency units: "0.35", Decimal("0.35") or 3 (three units)."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return amount_micros(value, what)
+
+
+class Client:
+    """Buffered, batched, signed event submission for one party."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        party: str,
+        key: KeyPair,
+        *,
+        batch_size: int = 1000,
+        max_delay: float = 1.0,
+        retries: int = 5,
+        backoff: float = 0.05,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.party = party
+        self._transport = transport
+        self._key = key
+        self._batch_size = batch_size
+        self._max_delay = max_delay
+        self._retries = retries
+        self._backoff = backoff
+        self._buffer: list[Event] = []
+        self._oldest = 0.0
+        self._lock = threading.RLock()
+        self._error: LedgerError | None = None
+        self._owned: Ledger | None = None
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
+        if max_delay > 0:
+            self._timer = threading.Thread(target=self._tick, name="edvex-flush", daemon=True)
+            self._timer.start()
+
+    @classmethod
+    def open(cls, url: str, party: str, key: str | Path | KeyPair, **options: Any) -> Client:
+        """A client over its own connection to the ledger at `url`, closed with the client."""
+        pair = key if isinstance(key, KeyPair) else read_key(Path(key))
+        ledger = Ledger.open(url)
+        client = cls(ledger, party, pair, **options)
+        client._owned = ledger
+        return client
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Flush what is buffered and stop the timer; the owned connection closes too."""
+        self._stop.set()
+        if self._timer is not None:
+            self._timer.join()
+            self._timer = None
+        try:
+            self.flush()
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+                self._owned = None
+
+    # --- one method per event type ------------------------------------------------------------
+
+    def register_party(self, kind: str, name: str | None = None, *, id: str | None = None) -> str:
+        body = {"party": self.party, "kind": kind, "public_key": self._key.public_hex,
+                "name": name or self.party}  # fmt: skip
+        return self._add("party.registered", body, id)
+
+    def rotate_key(self, new_key: KeyPair, *, id: str | None = None) -> str:
+        """Rotate to `new_key`: the rotation is signed by the current key and sent at once."""
+        body = {"party": self.party, "public_key": new_key.public_hex}
+        with self._lock:
+            event_id = self._add("party.key_rotated", body, id)
+            self.flush()
+            self._key = new_key
+        return event_id
+
+    def register_asset(
+        self,
+        asset: str,
+        kind: str,
+        *,
+        content_hash: str | None = None,
+        uri: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+    ) -> str:
+        body = _without_none({"asset": asset, "kind": kind, "content_hash": content_hash,
+                              "uri": uri, "metadata": metadata})  # fmt: skip
+        return self._add("asset.registered", body, id)
+
+    def grant_consent(
+        self,
+        asset: str,
+        grantee: str,
+        purposes: Sequence[str],
+        *,
+        share: str | Decimal | None = None,
+        per_unit: str | Decimal | None = None,
+        tiers: Sequence[tuple[int | None, str | Decimal]] | None = None,
+        minimum: AmountLike | None = None,
+        valid_from: datetime | str | None = None,
+        valid_until: datetime | str | None = None,
+        grant: str | None = None,
+        id: str | None = None,
+    ) -> str:
+        """Grant consent; returns the grant id (generated when not given)."""
+        grant = grant or uuid7()
+        terms = _without_none({
+            "share": share, "per_unit": per_unit, "minimum": to_micros(minimum, "minimum"),
+            "tiers": [{"up_to": u, "per_unit": p} for u, p in tiers] if tiers else None,
+        })  # fmt: skip
+        body = _without_none({
+            "grant": grant, "asset": asset, "grantee": grantee, "purposes": list(purposes),
+            "terms": terms, "valid_from": valid_from or format_timestamp(datetime.now(UTC)),
+            "valid_until": valid_until,
+        })  # fmt: skip
+        self._add("consent.granted", body, id)
+        return grant
+
+    def revoke_consent(self, grant: str, *, id: str | None = None) -> str:
+        return self._add("consent.revoked", {"grant": grant}, id)
+
+    def derive(
+        self,
+        asset: str,
+        kind: str,
+        purpose: str,
+        parents: Iterable[tuple[str, str | int | Decimal, str] | Mapping[str, Any]],
+        *,
+        content_hash: str | None = None,
+        uri: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+    ) -> str:
+        """Register `asset` derived from `parents`, given as (asset, weight, grant) or dicts."""
+        plist = [
+            dict(p) if isinstance(p, Mapping) else {"asset": p[0], "weight": p[1], "grant": p[2]}
+            for p in parents
+        ]
+        body = _without_none({"asset": asset, "kind": kind, "purpose": purpose, "parents": plist,
+                              "content_hash": content_hash, "uri": uri, "metadata": metadata})  # fmt: skip
+        return self._add("asset.derived", body, id)
+
+    def record_usage(
+        self,
+        asset: str,
+        units: int,
+        revenue: AmountLike | None = None,
+        *,
+        grant: str | None = None,
+        id: str | None = None,
+    ) -> str:
+        body = _without_none({"asset": asset, "units": units,
+                              "revenue": to_micros(revenue, "revenue"), "grant": grant})  # fmt: skip
+        return self._add("usage.recorded", body, id)
+
+    def close_settlement(self, run: int, cut: int, statements_root: str, *, id: str | None = None
+                         ) -> str:  # fmt: skip
+        body = {"run": run, "cut": cut, "statements_root": statements_root}
+        return self._add("settlement.closed", body, id)
+
+    def submit(self, event: Mapping[str, Any]) -> str:
+        """Add an event given as a dict (`type`, `body`, optional `id`, `occurred_at`)."""
+        return self._add(str(event.get("type")), event.get("body"), event.get("id"),
+                         event.get("occurred_at"))  # fmt: skip
+
+    def append_events(self, events: Sequence[Event]) -> list[AppendResult]:
+        """Sign and send ready-made events now, in batches, after anything buffered."""
+        with self._lock:
+            results = self.flush()
+            for start in range(0, len(events), self._batch_size):
+                results.append(self._send(list(events[start : start + self._batch_size])))
+            return results
+
+    # --- buffering, signing, retrying ---------------------------------------------------------
+
+    def _add(self, type_: str, body: Any, id: str | None, occurred_at: Any = None) -> str:
+        event = parse_event({
+            "id": id if id is not None else uuid7(), "type": type_, "actor": self.party,
+            "occurred_at": occurred_at or format_timestamp(datetime.now(UTC)), "body": body,
+        })  # fmt: skip
+        with self._lock:
+            self._raise_pending()
+            if not self._buffer:
+                self._oldest = time.monotonic()
+            self._buffer.append(event)
+            if len(self._buffer) >= self._batch_size:
+                self._flush_locked()
+        return event.id
+
+    def flush(self) -> list[AppendResult]:
+        """Send everything buffered now; returns the results of the batches sent."""
+        with self._lock:
+            self._raise_pending()
+            return self._flush_locked()
+
+    def _flush_locked(self) -> list[AppendResult]:
+        results = []
+        while self._buffer:
+            chunk = self._buffer[: self._batch_size]
+            try:
+                results.append(self._send(chunk))
+            except StoreError:
+                raise  # the ledger could not be reached: the events stay buffered
+            except LedgerError:
+                del self._buffer[: len(chunk)]  # rejected: the batch is dropped, the rest stays
+                raise
+            del self._buffer[: len(chunk)]
+        return results
+
+    def _send(self, events: list[Event]) -> AppendResult:
+        batch = SignedBatch.sign(self.party, self._key, events)
+        attempt = 0
+        while True:
+            try:
+                return self._transport.append(batch)
+            except PartialDuplicate as e:
+                # Some events landed in an earlier batch: sign the rest anew (same ids).
+                rest = [ev for ev in batch.events if ev.id not in e.known]
+                batch = SignedBatch.sign(self.party, self._key, rest)
+            except StoreError:
+                attempt += 1
+                if attempt > self._retries:
+                    raise
+                time.sleep(self._backoff * 2 ** (attempt - 1))
+
+    def _tick(self) -> None:
+        period = max(self._max_delay / 4, 0.01)
+        while not self._stop.wait(period):
+            with self._lock:
+                due = self._buffer and time.monotonic() - self._oldest >= self._max_delay
+                if due and self._error is None:
+                    try:
+                        self._flush_locked()
+                    except LedgerError as e:
+                        self._error = e
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _without_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}

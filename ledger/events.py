@@ -1,0 +1,385 @@
+"""The event types of DESIGN.md ("Event types") as immutable pydantic models.
+
+Untrusted input enters through `parse_event`, which turns pydantic's ValidationError into
+`InvalidEvent` naming the event id and field. Models hold the canonical form: amounts in integer
+micros, rates and weights as decimal strings in lowest form, timestamps in RFC 3339 UTC with
+microseconds. `signed_bytes` and `leaf_bytes` are the only places that produce hashed bytes.
+No I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+
+from . import values
+from .canonical import canonical_bytes
+from .errors import InvalidEvent
+
+PARTY_KINDS = ("creator", "aggregator", "developer", "deployer", "collective", "operator")
+ASSET_KINDS = ("data", "dataset", "model", "output")
+PURPOSES = ("train", "finetune", "derive", "infer", "generate")
+DERIVE_PURPOSES = frozenset({"derive", "train", "finetune"})
+USE_PURPOSES = frozenset({"infer", "generate"})
+ANYONE = "*"
+_MAX_METADATA_BYTES = 16_384
+
+
+def _check(fn: Any, what: str) -> BeforeValidator:
+    return BeforeValidator(lambda v: fn(v, what))
+
+
+Ident = Annotated[str, _check(values.identifier, "identifier")]
+Name = Annotated[str, BeforeValidator(lambda v: values.text(v, "name", 256))]
+Uri = Annotated[str, BeforeValidator(lambda v: values.text(v, "uri", 2048))]
+Timestamp = Annotated[str, _check(values.timestamp, "timestamp")]
+Amount = Annotated[int, _check(values.amount_micros, "amount")]
+Rate = Annotated[str, _check(values.decimal_string, "decimal")]
+Count = Annotated[int, Field(ge=0, le=values.MAX_MICROS)]
+PartyKind = Literal["creator", "aggregator", "developer", "deployer", "collective", "operator"]
+AssetKind = Literal["data", "dataset", "model", "output"]
+Purpose = Literal["train", "finetune", "derive", "infer", "generate"]
+DerivePurpose = Literal["train", "finetune", "derive"]
+
+
+def _hex32(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 64:
+        raise ValueError("must be 64 lowercase hex characters")
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        raise ValueError("must be 64 lowercase hex characters") from None
+    if value != value.lower():
+        raise ValueError("must be 64 lowercase hex characters")
+    return value
+
+
+Hex32 = Annotated[str, BeforeValidator(_hex32)]
+
+
+def _metadata(value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("metadata must be a JSON object")
+    clean = _json_value(value, "metadata")
+    if len(canonical_bytes(clean)) > _MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is larger than {_MAX_METADATA_BYTES} bytes")
+    return clean or None
+
+
+def _json_value(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"{path}: keys must be strings")
+            out[values.nfc(k)] = _json_value(v, f"{path}.{k}")
+        return out
+    if isinstance(value, list | tuple):
+        return [_json_value(v, path) for v in value]
+    if isinstance(value, float):
+        raise ValueError(f"{path}: floats are refused; write numbers as decimal strings")
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if abs(value) > values.MAX_MICROS:
+            raise ValueError(f"{path}: integer {value} is outside +-(2**53-1)")
+        return value
+    if isinstance(value, str):
+        return values.nfc(value)
+    raise ValueError(f"{path}: {type(value).__name__} is not a JSON value")
+
+
+Metadata = Annotated[dict[str, Any] | None, BeforeValidator(_metadata)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class Tier(_Model):
+    up_to: Annotated[int, Field(ge=1, le=values.MAX_MICROS)] | None
+    per_unit: Rate
+
+    @model_serializer
+    def _keep_null(self) -> dict[str, Any]:
+        # DESIGN.md writes the last tier with "up_to": null; keep it when None is excluded
+        return {"up_to": self.up_to, "per_unit": self.per_unit}
+
+
+class Terms(_Model):
+    """A grant's price: DESIGN.md's `terms` table."""
+
+    share: Rate | None = None
+    per_unit: Rate | None = None
+    tiers: list[Tier] | None = None
+    minimum: Amount | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Terms:
+        if self.share is not None and values.as_fraction(self.share) > 1:
+            raise ValueError("share must lie in [0, 1]")
+        if self.tiers is not None:
+            _check_tiers(self.tiers)
+            if self.per_unit is not None:
+                raise ValueError("tiers replace per_unit; give one of them")
+        return self
+
+
+def _check_tiers(tiers: list[Tier]) -> None:
+    if not tiers:
+        raise ValueError("tiers must not be empty")
+    if tiers[-1].up_to is not None:
+        raise ValueError("the last tier must have up_to null (it takes all remaining units)")
+    bounds = [t.up_to for t in tiers[:-1]]
+    if any(b is None for b in bounds):
+        raise ValueError("only the last tier may have up_to null")
+    if any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):  # type: ignore[operator]
+        raise ValueError("tier up_to values must increase")
+
+
+class PartyRegisteredBody(_Model):
+    party: Ident
+    kind: PartyKind
+    public_key: Hex32
+    name: Name
+
+
+class PartyKeyRotatedBody(_Model):
+    party: Ident
+    public_key: Hex32
+
+
+class AssetRegisteredBody(_Model):
+    asset: Ident
+    kind: AssetKind
+    content_hash: Hex32 | None = None
+    uri: Uri | None = None
+    metadata: Metadata = None
+
+
+class ConsentGrantedBody(_Model):
+    grant: Ident
+    asset: Ident
+    grantee: Ident
+    purposes: list[Purpose]
+    terms: Terms
+    valid_from: Timestamp
+    valid_until: Timestamp | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sort_purposes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("purposes"), list | tuple):
+            purposes = list(data["purposes"])
+            if all(isinstance(p, str) for p in purposes):
+                if len(set(purposes)) != len(purposes):
+                    raise ValueError("purposes must not repeat")
+                data = {**data, "purposes": sorted(purposes)}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ConsentGrantedBody:
+        if not self.purposes:
+            raise ValueError("purposes must name at least one of " + ", ".join(PURPOSES))
+        if self.valid_until is not None and self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be later than valid_from")
+        if self.terms.minimum is not None and self.grantee == ANYONE:
+            raise ValueError("a minimum needs a grant that names its grantee, not '*'")
+        return self
+
+
+class ConsentRevokedBody(_Model):
+    grant: Ident
+
+
+class Parent(_Model):
+    asset: Ident
+    weight: Rate
+    grant: Ident
+
+    @model_validator(mode="after")
+    def _positive(self) -> Parent:
+        if values.as_fraction(self.weight) <= 0:
+            raise ValueError("weight must be positive")
+        return self
+
+
+class AssetDerivedBody(_Model):
+    asset: Ident
+    kind: AssetKind
+    purpose: DerivePurpose
+    parents: list[Parent]
+    content_hash: Hex32 | None = None
+    uri: Uri | None = None
+    metadata: Metadata = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sort_parents(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("parents"), list | tuple):
+            parents = list(data["parents"])
+            if all(isinstance(p, dict) and isinstance(p.get("asset"), str) for p in parents):
+                data = {**data, "parents": sorted(parents, key=lambda p: p["asset"])}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AssetDerivedBody:
+        if not self.parents:
+            raise ValueError("parents must name at least one parent")
+        assets = [p.asset for p in self.parents]
+        if len(set(assets)) != len(assets):
+            raise ValueError("parents must not repeat an asset")
+        if self.asset in assets:
+            raise ValueError("an asset cannot be its own parent")
+        return self
+
+
+class UsageRecordedBody(_Model):
+    asset: Ident
+    units: Count
+    revenue: Amount | None = None
+    grant: Ident | None = None
+
+
+class SettlementClosedBody(_Model):
+    run: Annotated[int, Field(ge=1)]
+    cut: Annotated[int, Field(ge=0)]
+    statements_root: Hex32
+
+
+class _Event(_Model):
+    id: Ident
+    actor: Ident
+    occurred_at: Timestamp
+
+
+class PartyRegistered(_Event):
+    type: Literal["party.registered"]
+    body: PartyRegisteredBody
+
+
+class PartyKeyRotated(_Event):
+    type: Literal["party.key_rotated"]
+    body: PartyKeyRotatedBody
+
+
+class AssetRegistered(_Event):
+    type: Literal["asset.registered"]
+    body: AssetRegisteredBody
+
+
+class ConsentGranted(_Event):
+    type: Literal["consent.granted"]
+    body: ConsentGrantedBody
+
+
+class ConsentRevoked(_Event):
+    type: Literal["consent.revoked"]
+    body: ConsentRevokedBody
+
+
+class AssetDerived(_Event):
+    type: Literal["asset.derived"]
+    body: AssetDerivedBody
+
+
+class UsageRecorded(_Event):
+    type: Literal["usage.recorded"]
+    body: UsageRecordedBody
+
+
+class SettlementClosed(_Event):
+    type: Literal["settlement.closed"]
+    body: SettlementClosedBody
+
+
+Event: TypeAlias = Annotated[
+    PartyRegistered
+    | PartyKeyRotated
+    | AssetRegistered
+    | ConsentGranted
+    | ConsentRevoked
+    | AssetDerived
+    | UsageRecorded
+    | SettlementClosed,
+    Field(discriminator="type"),
+]
+EVENT_TYPES = (
+    "party.registered",
+    "party.key_rotated",
+    "asset.registered",
+    "consent.granted",
+    "consent.revoked",
+    "asset.derived",
+    "usage.recorded",
+    "settlement.closed",
+)
+_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: object) -> Event:
+    """Build an event from untrusted data; every failure is an InvalidEvent."""
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as e:
+        raise _invalid(data, e) from None
+
+
+def _invalid(data: object, error: ValidationError) -> InvalidEvent:
+    event_id = data.get("id") if isinstance(data, dict) else None
+    first = error.errors(include_url=False)[0]
+    loc = [str(p) for p in first["loc"]]
+    if len(loc) > 1 and loc[0] in EVENT_TYPES:
+        loc = loc[1:]  # the discriminator's tag is not a field
+    field = ".".join(loc) or "event"
+    reason = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "union_tag_invalid":
+        field, reason = "type", f"unknown event type; expected one of {', '.join(EVENT_TYPES)}"
+    return InvalidEvent(event_id if isinstance(event_id, str) else None, field, reason)
+
+
+def body_dict(event: Event) -> dict[str, Any]:
+    """The canonical body: optional fields left out when absent."""
+    return event.body.model_dump(exclude_none=True)
+
+
+def signed_dict(event: Event) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "actor": event.actor,
+        "occurred_at": event.occurred_at,
+        "body": body_dict(event),
+    }
+
+
+def signed_bytes(event: Event) -> bytes:
+    """RFC 8785 bytes of `id, type, actor, occurred_at, body` (DESIGN.md, "The log")."""
+    return canonical_bytes(signed_dict(event))
+
+
+def event_hash(event: Event) -> bytes:
+    return hashlib.sha256(signed_bytes(event)).digest()
+
+
+def leaf_bytes(signed: dict[str, Any], recorded_at: str) -> bytes:
+    """The Merkle leaf: RFC 8785 of the signed fields plus the ledger's `recorded_at`."""
+    return canonical_bytes({**signed, "recorded_at": recorded_at})
+
+
+def batch_digest(hashes: list[bytes]) -> bytes:
+    """SHA-256 over the concatenated event hashes, in order (DESIGN.md, "Batches are signed")."""
+    return hashlib.sha256(b"".join(hashes)).digest()

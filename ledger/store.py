@@ -1,0 +1,659 @@
+"""The log store on SQLAlchemy 2: append, read, prove, checkpoint, verify and rebuild.
+
+This is the only module of the ledger that touches the database. Driver errors are translated into
+`StoreError` here, so callers never import a driver.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from . import merkle
+from . import schema as s
+from .audit import Auditor, AuditReport, BatchRecord, EventRecord
+from .canonical import canonical_bytes
+from .checkpoint import Checkpoint, sign_checkpoint
+from .errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidEvent,
+    LedgerError,
+    PartialDuplicate,
+    StoreError,
+)
+from .events import Event, batch_digest, event_hash, parse_event, signed_dict
+from .keys import KeyPair, verify_signature
+from .projections import DbSource, edge_from_row, grant_from_row, write_effects
+from .rules import EmptySource, Grant, State, check, check_signer
+from .values import format_timestamp, uuid7
+
+DEFAULT_URL = "sqlite:///edvex.db"
+OPERATOR = "operator"
+MAX_BATCH = 100_000
+# Perfect subtrees of at least 2**NODE_LEVEL leaves are stored; smaller ones are recomputed from
+# the leaf hashes kept on each event row when a proof needs them.
+NODE_LEVEL = 4
+_READ_CHUNK = 10_000
+_ID_CHUNK = 500
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SignedBatch:
+    """Events of one actor with the actor's Ed25519 signature over the batch digest."""
+
+    actor: str
+    key: str
+    events: tuple[Event, ...]
+    signature: bytes
+
+    @classmethod
+    def sign(cls, actor: str, key: KeyPair, events: Sequence[Event]) -> SignedBatch:
+        unsigned = cls(actor, key.public_hex, tuple(events), b"")
+        return cls(actor, key.public_hex, tuple(events), key.sign(unsigned.digest))
+
+    @cached_property
+    def hashes(self) -> list[bytes]:
+        return [event_hash(e) for e in self.events]
+
+    @cached_property
+    def digest(self) -> bytes:
+        return batch_digest(self.hashes)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    batch: int | None  # None when the whole batch was already in the log
+    seqs: tuple[int, ...]
+    recorded_at: str
+
+    @property
+    def duplicate(self) -> bool:
+        return self.batch is None
+
+
+@dataclass(frozen=True)
+class Head:
+    size: int
+    batches: int
+    recorded_at: str
+    frontier: merkle.Frontier
+    currency: str
+    origin: str
+
+    @property
+    def root(self) -> bytes:
+        return self.frontier.root()
+
+
+@dataclass
+class _Staged:
+    events: list[dict[str, Any]] = field(default_factory=list)
+    leaves: list[bytes] = field(default_factory=list)
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain postgresql:// URLs and use psycopg 3 for them."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself, so writers can take the write lock
+    # up front (BEGIN IMMEDIATE) instead of upgrading a read lock and deadlocking.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    write = conn.get_execution_options().get("edvex_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+class Ledger:
+    """The append-only log and its projections in one database."""
+
+    def __init__(self, engine: Engine, clock: Clock = _utcnow) -> None:
+        self.engine = engine
+        self._clock = clock
+
+    @classmethod
+    def open(cls, url: str = DEFAULT_URL, clock: Clock = _utcnow) -> Ledger:
+        try:
+            return cls(_engine(url), clock)
+        except (SQLAlchemyError, ValueError) as e:
+            raise StoreError(f"cannot open database {url!r}: {e}") from e
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def clock(self) -> datetime:
+        return self._clock()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # --- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except SQLAlchemyError as e:
+            raise _translate(e) from e
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Connection, Head]]:
+        """A transaction holding the head of the log: one writer at a time (DESIGN.md)."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(edvex_write=True)
+                with conn.begin():
+                    yield conn, self._head(conn, lock=True)
+        except SQLAlchemyError as e:
+            raise _translate(e) from e
+
+    # --- schema -------------------------------------------------------------------------------
+
+    def initialised(self) -> bool:
+        try:
+            with self._read() as conn:
+                return conn.dialect.has_table(conn, "log_head") and self._head(conn) is not None
+        except (StoreError, IntegrityError):
+            return False
+
+    def create(self, currency: str, origin: str) -> bool:
+        """Create the schema and the head row; False when the database was already set up."""
+        try:
+            with self.engine.begin() as conn:
+                s.metadata.create_all(conn)
+                s.install_guards(conn)
+                if conn.execute(select(s.log_head.c.id)).first() is not None:
+                    return False
+                conn.execute(
+                    insert(s.log_head).values(
+                        id=1, size=0, batches=0, recorded_at="", frontier=b"",
+                        currency=currency, origin=origin,
+                    )
+                )  # fmt: skip
+                return True
+        except SQLAlchemyError as e:
+            raise _translate(e) from e
+
+    def initialise(self, operator: KeyPair, currency: str = "USD") -> bool:
+        """Create the log and register the operator party; False when it already existed."""
+        created = self.create(currency, f"edvex/{operator.public_hex[:16]}")
+        if self.party(OPERATOR) is None:
+            event = parse_event({
+                "id": uuid7(), "type": "party.registered", "actor": OPERATOR,
+                "occurred_at": format_timestamp(self._clock()),
+                "body": {"party": OPERATOR, "kind": "operator", "public_key": operator.public_hex,
+                         "name": "operator"},
+            })  # fmt: skip
+            self.append(SignedBatch.sign(OPERATOR, operator, [event]))
+        return created
+
+    def _head(self, conn: Connection, lock: bool = False) -> Head:
+        q = select(s.log_head).where(s.log_head.c.id == 1)
+        if lock and conn.dialect.name == "postgresql":
+            q = q.with_for_update()
+        try:
+            row = conn.execute(q).first()
+        except SQLAlchemyError as e:
+            raise StoreError(f"the database has no EDVEX log; run `edvex init` first ({_first_line(e)})") from e
+        if row is None:
+            raise StoreError("the database has no EDVEX log; run `edvex init` first")
+        frontier = merkle.Frontier.from_bytes(row.size, row.frontier)
+        return Head(row.size, row.batches, row.recorded_at, frontier, row.currency, row.origin)
+
+    def head(self) -> Head:
+        with self._read() as conn:
+            return self._head(conn)
+
+    # --- append -------------------------------------------------------------------------------
+
+    def append(
+        self, batch: SignedBatch, within: Callable[[Connection, AppendResult], None] | None = None
+    ) -> AppendResult:
+        """Append a signed batch whole, or nothing; resubmission of the same batch is a no-op.
+
+        `within`, if given, runs in the same transaction after the batch is written (settlement
+        records its run there), so both commit together or not at all.
+        """
+        self._check_batch_shape(batch)
+        verify_signature(batch.key, batch.digest, batch.signature, f"batch of {batch.actor!r}")
+        signed = [signed_dict(e) for e in batch.events]
+        with self._write() as (conn, head):
+            known = self._known_ids(conn, batch)
+            if known is not None:
+                return known
+            recorded_at = max(format_timestamp(self._clock()), head.recorded_at)
+            state = State(DbSource(conn))
+            state.prefetch(batch.events)
+            check_signer(batch.actor, batch.key, batch.events[0], state)
+            effects = []
+            for i, e in enumerate(batch.events):
+                effect = check(e, head.size + 1 + i, recorded_at, state)
+                state.apply(effect)
+                effects.append(effect)
+            result = self._insert(conn, head, batch, signed, recorded_at)
+            write_effects(conn, effects)
+            if within is not None:
+                within(conn, result)
+            return result
+
+    @staticmethod
+    def _check_batch_shape(batch: SignedBatch) -> None:
+        if not batch.events:
+            raise InvalidEvent(None, "events", "a batch needs at least one event")
+        if len(batch.events) > MAX_BATCH:
+            raise InvalidEvent(None, "events", f"a batch holds at most {MAX_BATCH} events")
+        ids = set()
+        for e in batch.events:
+            if e.actor != batch.actor:
+                raise InvalidEvent(e.id, "actor", f"all events of a batch have one actor "
+                                   f"({batch.actor!r}), got {e.actor!r}")  # fmt: skip
+            if e.id in ids:
+                raise InvalidEvent(e.id, "id", "the id appears twice in one batch")
+            ids.add(e.id)
+
+    def _known_ids(self, conn: Connection, batch: SignedBatch) -> AppendResult | None:
+        """Idempotency: all known with equal hashes is the original result; a mix is an error."""
+        found: dict[str, tuple[int, bytes, str]] = {}
+        ids = [e.id for e in batch.events]
+        c = s.events.c
+        for i in range(0, len(ids), _ID_CHUNK):
+            q = select(c.id, c.seq, c.hash, c.recorded_at).where(c.id.in_(ids[i : i + _ID_CHUNK]))
+            found.update({r.id: (r.seq, r.hash, r.recorded_at) for r in conn.execute(q)})
+        if not found:
+            return None
+        for e, h in zip(batch.events, batch.hashes, strict=True):
+            if e.id in found and found[e.id][1] != h:
+                seq, stored, _ = found[e.id]
+                raise ConflictError(e.id, seq, h.hex()[:16], stored.hex()[:16])
+        if len(found) < len(ids):
+            raise PartialDuplicate({i: found[i][0] for i in ids if i in found})
+        seqs = tuple(found[i][0] for i in ids)
+        return AppendResult(None, seqs, found[ids[0]][2])
+
+    def _insert(
+        self,
+        conn: Connection,
+        head: Head,
+        batch: SignedBatch,
+        signed: list[dict[str, Any]],
+        recorded_at: str,
+    ) -> AppendResult:
+        first = head.size + 1
+        number = head.batches + 1
+        rows, leaves = [], []
+        for i, (e, sd, h) in enumerate(zip(batch.events, signed, batch.hashes, strict=True)):
+            leaf = merkle.leaf_hash(canonical_bytes({**sd, "recorded_at": recorded_at}))
+            leaves.append(leaf)
+            rows.append({
+                "seq": first + i, "id": e.id, "type": e.type, "actor": e.actor,
+                "occurred_at": e.occurred_at, "recorded_at": recorded_at,
+                "body": canonical_bytes(sd["body"]).decode(), "hash": h, "leaf": leaf,
+                "batch": number,
+            })  # fmt: skip
+        last = first + len(rows) - 1
+        frontier = merkle.Frontier(head.frontier.size, list(head.frontier.hashes))
+        nodes = [n for n in frontier.extend(leaves) if n[0] >= NODE_LEVEL]
+        conn.execute(insert(s.batches).values(
+            batch=number, actor=batch.actor, key=batch.key, digest=batch.digest,
+            signature=batch.signature, first_seq=first, last_seq=last,
+        ))  # fmt: skip
+        conn.execute(insert(s.events), rows)
+        if nodes:
+            conn.execute(
+                insert(s.tree_nodes), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes]
+            )
+        conn.execute(
+            update(s.log_head)
+            .where(s.log_head.c.id == 1)
+            .values(size=last, batches=number, recorded_at=recorded_at,
+                    frontier=frontier.to_bytes())  # fmt: skip
+        )
+        return AppendResult(number, tuple(range(first, last + 1)), recorded_at)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def records(self, upto: int | None = None) -> Iterator[BatchRecord | EventRecord]:
+        """Batches and events in `seq` order, each batch before its events (the export order)."""
+        with self._read() as conn:
+            size = self._head(conn).size if upto is None else upto
+            yield from self._records(conn, size)
+
+    @staticmethod
+    def _records(conn: Connection, size: int) -> Iterator[BatchRecord | EventRecord]:
+        b = s.batches.c
+        rows = conn.execute(select(s.batches).where(b.first_seq <= size).order_by(b.batch))
+        batches = iter([_batch_record(r) for r in rows])
+        pending = next(batches, None)
+        for start in range(1, size + 1, _READ_CHUNK):
+            q = (
+                select(s.events)
+                .where(s.events.c.seq.between(start, min(size, start + _READ_CHUNK - 1)))
+                .order_by(s.events.c.seq)
+            )
+            for row in conn.execute(q).all():
+                while pending is not None and pending.first_seq <= row.seq:
+                    yield pending
+                    pending = next(batches, None)
+                yield _event_record(row)
+
+    def events_of(self, types: Sequence[str], upto: int) -> Iterator[EventRecord]:
+        with self._read() as conn:
+            q = (
+                select(s.events)
+                .where(s.events.c.type.in_(types), s.events.c.seq <= upto)
+                .order_by(s.events.c.seq)
+            )
+            for row in conn.execute(q):
+                yield _event_record(row)
+
+    def event_at(self, seq: int) -> EventRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.events).where(s.events.c.seq == seq)).first()
+            return _event_record(row) if row is not None else None
+
+    def party(self, party: str) -> Mapping[str, Any] | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.parties).where(s.parties.c.party == party)).first()
+            return row._asdict() if row is not None else None
+
+    def parties(self) -> list[Mapping[str, Any]]:
+        with self._read() as conn:
+            return [r._asdict() for r in conn.execute(select(s.parties).order_by(s.parties.c.party))]
+
+    def asset(self, asset: str) -> Mapping[str, Any] | None:
+        with self._read() as conn:
+            row = conn.execute(select(s.assets).where(s.assets.c.asset == asset)).first()
+            return row._asdict() if row is not None else None
+
+    def grants_on(self, asset: str) -> list[Grant]:
+        with self._read() as conn:
+            q = select(s.grants).where(s.grants.c.asset == asset).order_by(s.grants.c.seq)
+            return [grant_from_row(r) for r in conn.execute(q)]
+
+    def parents_of(self, assets: Sequence[str]) -> dict[str, list[Any]]:
+        """Lineage edges from each child in `assets` to its parents."""
+        out: dict[str, list[Any]] = {a: [] for a in assets}
+        with self._read() as conn:
+            for i in range(0, len(assets), _ID_CHUNK):
+                q = select(s.edges).where(s.edges.c.child.in_(assets[i : i + _ID_CHUNK]))
+                for r in conn.execute(q.order_by(s.edges.c.parent)):
+                    out[r.child].append(edge_from_row(r))
+        return out
+
+    def usage_count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(s.usage)).scalar_one())
+
+    # --- the tree -----------------------------------------------------------------------------
+
+    def _node_getter(self, conn: Connection) -> merkle.NodeGetter:
+        def get(coords: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
+            out: dict[tuple[int, int], bytes] = {}
+            for level, idx in coords:
+                out[(level, idx)] = self._node(conn, level, idx)
+            return out
+
+        return get
+
+    def _node(self, conn: Connection, level: int, idx: int) -> bytes:
+        if level >= NODE_LEVEL:
+            t = s.tree_nodes.c
+            row = conn.execute(select(t.hash).where(t.level == level, t.idx == idx)).first()
+            if row is None:
+                raise IntegrityError(None, "tree", f"missing node level {level} index {idx}")
+            return bytes(row.hash)
+        first, last = idx << level, ((idx + 1) << level) - 1
+        c = s.events.c
+        q = select(c.leaf).where(c.seq.between(first + 1, last + 1)).order_by(c.seq)
+        leaves = [bytes(r.leaf) for r in conn.execute(q)]
+        if len(leaves) != 1 << level:
+            raise IntegrityError(first + 1, "tree", "leaves missing under a subtree")
+        return merkle.root_from_leaves(leaves)
+
+    def _size_arg(self, head: Head, size: int | None) -> int:
+        size = head.size if size is None else size
+        if not 0 <= size <= head.size:
+            raise InvalidEvent(None, "size", f"tree size {size} is not in 0..{head.size}")
+        return size
+
+    def root_at(self, size: int) -> bytes:
+        with self._read() as conn:
+            size = self._size_arg(self._head(conn), size)
+            return merkle.root(size, self._node_getter(conn))
+
+    def inclusion_proof(self, seq: int, size: int | None = None) -> dict[str, Any]:
+        """RFC 9162 section 2.1.3 proof of event `seq` (leaf index seq - 1) in the tree of `size`."""
+        with self._read() as conn:
+            size = self._size_arg(self._head(conn), size)
+            if not 1 <= seq <= size:
+                raise InvalidEvent(None, "seq", f"seq {seq} is not in 1..{size}")
+            get = self._node_getter(conn)
+            proof = merkle.inclusion_proof(seq - 1, size, get)
+            leaf = self._node(conn, 0, seq - 1)
+            return {"leaf_index": seq - 1, "tree_size": size, "leaf_hash": leaf.hex(),
+                    "root": merkle.root(size, get).hex(), "proof": [p.hex() for p in proof]}  # fmt: skip
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> dict[str, Any]:
+        """RFC 9162 section 2.1.4 proof that the tree of size2 extends the tree of size1."""
+        with self._read() as conn:
+            head = self._head(conn)
+            size2 = self._size_arg(head, size2)
+            if not 1 <= size1 <= size2:
+                raise InvalidEvent(None, "size", f"size {size1} is not in 1..{size2}")
+            get = self._node_getter(conn)
+            proof = merkle.consistency_proof(size1, size2, get)
+            return {"size1": size1, "size2": size2, "root1": merkle.root(size1, get).hex(),
+                    "root2": merkle.root(size2, get).hex(), "proof": [p.hex() for p in proof]}  # fmt: skip
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint(self, operator: KeyPair, size: int | None = None) -> dict[str, Any]:
+        """Sign (size, root) at `size` (default: now), after checking it agrees with the last
+        checkpoint signed."""
+        with self._write() as (conn, head):
+            size = self._size_arg(head, size)
+            op = conn.execute(select(s.parties).where(s.parties.c.party == OPERATOR)).first()
+            if op is None or op.public_key != operator.public_hex:
+                raise StoreError("the key given is not the operator's current key")
+            existing = conn.execute(
+                select(s.checkpoints).where(s.checkpoints.c.size == size)
+            ).first()
+            if existing is not None:
+                return _checkpoint_dict(existing)
+            get = self._node_getter(conn)
+            self._check_agrees_with_last(conn, get)
+            root = merkle.root(size, get)
+            note = sign_checkpoint(Checkpoint(head.origin, size, root), head.origin,
+                                   operator.signing_key)  # fmt: skip
+            conn.execute(insert(s.checkpoints).values(size=size, root=root, note=note))
+            return {"size": size, "root": root.hex(), "note": note}
+
+    def _check_agrees_with_last(self, conn: Connection, get: merkle.NodeGetter) -> None:
+        # DESIGN.md: the operator never signs two checkpoints inconsistent with each other; the
+        # tree it signs from must still have the root of the last checkpoint it signed.
+        last = conn.execute(
+            select(s.checkpoints).order_by(s.checkpoints.c.size.desc()).limit(1)
+        ).first()
+        if last is None:
+            return
+        if merkle.root(last.size, get) != bytes(last.root):
+            raise IntegrityError(last.size, "checkpoint", "the log no longer has this root")
+
+    def checkpoints(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(select(s.checkpoints).order_by(s.checkpoints.c.size))
+            return [_checkpoint_dict(r) for r in rows]
+
+    def latest_checkpoint(self, upto: int | None = None) -> dict[str, Any] | None:
+        with self._read() as conn:
+            q = select(s.checkpoints).order_by(s.checkpoints.c.size.desc()).limit(1)
+            if upto is not None:
+                q = q.where(s.checkpoints.c.size <= upto)
+            row = conn.execute(q).first()
+            return _checkpoint_dict(row) if row is not None else None
+
+    # --- verify and rebuild -------------------------------------------------------------------
+
+    def verify(self, progress: Callable[[int], None] | None = None) -> AuditReport:
+        """Recompute every hash, digest, signature and the tree; raise at the first bad seq."""
+        auditor = Auditor()
+        with self._read() as conn:
+            head = self._head(conn)
+            stored_nodes = self._stored_nodes(conn)
+            for rec in self._records(conn, head.size):
+                if isinstance(rec, EventRecord):
+                    auditor.event(rec)
+                    if rec.seq % _READ_CHUNK == 0 or rec.seq == head.size:
+                        self._compare_nodes(auditor, stored_nodes)
+                        if progress is not None:
+                            progress(rec.seq)
+                else:
+                    auditor.batch(rec)
+            report = auditor.finish()
+            self._compare_nodes(auditor, stored_nodes)
+            if stored_nodes:
+                (level, idx), _ = next(iter(stored_nodes.items()))
+                raise IntegrityError((idx << level) + 1, "tree", "a stored node has no leaves")
+            self._compare_head(head, report)
+            self._compare_checkpoints(conn, auditor, report)
+            return report
+
+    def _stored_nodes(self, conn: Connection) -> dict[tuple[int, int], bytes]:
+        return {(r.level, r.idx): bytes(r.hash) for r in conn.execute(select(s.tree_nodes))}
+
+    @staticmethod
+    def _compare_nodes(auditor: Auditor, stored: dict[tuple[int, int], bytes]) -> None:
+        for level, idx, h in auditor.new_nodes:
+            if level < NODE_LEVEL:
+                continue
+            got = stored.pop((level, idx), None)
+            if got != h:
+                what = "missing" if got is None else "differs"
+                raise IntegrityError((idx << level) + 1, "tree", f"stored node {what} "
+                                     f"(level {level}, index {idx})")  # fmt: skip
+        auditor.new_nodes.clear()
+
+    @staticmethod
+    def _compare_head(head: Head, report: AuditReport) -> None:
+        if head.size != report.size:
+            raise IntegrityError(report.size + 1, "log size", f"head says {head.size}")
+        if head.root != report.root:
+            raise IntegrityError(head.size, "tree root", "head frontier differs from the events")
+        if head.batches != report.batches:
+            raise IntegrityError(None, "batches", f"head says {head.batches}, found {report.batches}")
+
+    def _compare_checkpoints(self, conn: Connection, auditor: Auditor, report: AuditReport) -> None:
+        get = self._node_getter(conn)
+        for row in conn.execute(select(s.checkpoints).order_by(s.checkpoints.c.size)):
+            if row.size > report.size or merkle.root(row.size, get) != bytes(row.root):
+                raise IntegrityError(row.size, "checkpoint", "signed root differs from the log")
+
+    def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
+        """Drop the projections and replay the log into them; returns the events replayed."""
+        with self._write() as (conn, head):
+            for table in reversed(s.PROJECTIONS):
+                conn.execute(table.delete())
+            state = State(EmptySource())
+            firsts = {
+                r.first_seq: (r.actor, r.key)
+                for r in conn.execute(select(s.batches.c.first_seq, s.batches.c.actor, s.batches.c.key))
+            }
+            for start in range(1, head.size + 1, _READ_CHUNK):
+                q = (
+                    select(s.events)
+                    .where(s.events.c.seq.between(start, start + _READ_CHUNK - 1))
+                    .order_by(s.events.c.seq)
+                )
+                effects = []
+                for row in conn.execute(q).all():
+                    e = parse_event(_signed_from_row(row))
+                    if row.seq in firsts:
+                        actor, key = firsts[row.seq]
+                        check_signer(actor, key, e, state)
+                    effect = check(e, row.seq, row.recorded_at, state)
+                    state.apply(effect)
+                    effects.append(effect)
+                write_effects(conn, effects)
+                if progress is not None:
+                    progress(min(head.size, start + _READ_CHUNK - 1))
+            return head.size
+
+
+def _signed_from_row(row: Any) -> dict[str, Any]:
+    return {"id": row.id, "type": row.type, "actor": row.actor,
+            "occurred_at": row.occurred_at, "body": json.loads(row.body)}  # fmt: skip
+
+
+def _event_record(row: Any) -> EventRecord:
+    return EventRecord(
+        seq=row.seq, id=row.id, type=row.type, actor=row.actor, occurred_at=row.occurred_at,
+        recorded_at=row.recorded_at, body=json.loads(row.body), hash=bytes(row.hash),
+        batch=row.batch, body_text=row.body, leaf=bytes(row.leaf),
+    )  # fmt: skip
+
+
+def _batch_record(row: Any) -> BatchRecord:
+    return BatchRecord(row.batch, row.actor, row.key, bytes(row.digest), bytes(row.signature),
+                       row.first_seq, row.last_seq)  # fmt: skip
+
+
+def _checkpoint_dict(row: Any) -> dict[str, Any]:
+    return {"size": row.size, "root": bytes(row.root).hex(), "note": row.note}
+
+
+def _first_line(e: SQLAlchemyError) -> str:
+    orig = e.orig if isinstance(e, DBAPIError) and e.orig is not None else e
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+def _translate(e: SQLAlchemyError) -> LedgerError:
+    return StoreError(f"database error: {_first_line(e)}")
+
+

@@ -1,0 +1,114 @@
+"""Royalty statements (DESIGN.md, "Statement format"): building, signing, checking. No I/O.
+
+The signature covers the RFC 8785 bytes of every field except `signature`; `unsigned_bytes` is
+the one place that produces them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ledger import merkle
+from ledger.canonical import canonical_bytes
+from ledger.errors import InvalidEvent, SignatureInvalid
+from ledger.keys import KeyPair, verify_signature
+
+FORMAT = "edvex.statement/1"
+IN_KINDS = frozenset({"revenue", "fee_in", "royalty_in"})
+OUT_KINDS = frozenset({"fee_out", "royalty_out"})
+KINDS = IN_KINDS | OUT_KINDS | {"retained"}
+
+
+def build(
+    *,
+    run: int,
+    party: str,
+    currency: str,
+    from_seq: int,
+    to_seq: int,
+    root: bytes,
+    lines: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """An unsigned statement: lines sorted by their canonical bytes, totals summed."""
+    ordered = sorted((dict(line) for line in lines), key=canonical_bytes)
+    totals = {
+        "in": sum(line["amount"] for line in ordered if line["kind"] in IN_KINDS),
+        "out": sum(line["amount"] for line in ordered if line["kind"] in OUT_KINDS),
+        "retained": sum(line["amount"] for line in ordered if line["kind"] == "retained"),
+    }
+    return {
+        "format": FORMAT,
+        "run": run,
+        "party": party,
+        "currency": currency,
+        "cycle": {"from_seq": from_seq, "to_seq": to_seq},
+        "checkpoint": {"size": to_seq, "root": root.hex()},
+        "lines": ordered,
+        "totals": totals,
+    }
+
+
+def unsigned_part(statement: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in statement.items() if k != "signature"}
+
+
+def unsigned_bytes(statement: Mapping[str, Any]) -> bytes:
+    """The bytes the operator signs: RFC 8785 of everything except `signature`."""
+    return canonical_bytes(unsigned_part(statement))
+
+
+def sign(statement: Mapping[str, Any], operator: KeyPair) -> dict[str, Any]:
+    signature = operator.sign(unsigned_bytes(statement))
+    return {**unsigned_part(statement),
+            "signature": {"alg": "ed25519", "key": operator.public_hex, "sig": signature.hex()}}  # fmt: skip
+
+
+def statement_bytes(statement: Mapping[str, Any]) -> bytes:
+    """The whole signed statement as stored and exported: RFC 8785."""
+    return canonical_bytes(dict(statement))
+
+
+def statement_hash(statement: Mapping[str, Any]) -> bytes:
+    return hashlib.sha256(statement_bytes(statement)).digest()
+
+
+def statements_root(statements: Sequence[Mapping[str, Any]]) -> bytes:
+    """RFC 9162 Merkle root whose leaves are the statement hashes, in party order."""
+    ordered = sorted(statements, key=lambda s: str(s["party"]))
+    return merkle.root_from_leaves([merkle.leaf_hash(statement_hash(s)) for s in ordered])
+
+
+def check_signature(statement: Mapping[str, Any], trusted_key: str) -> None:
+    """Raise unless `statement` is signed by `trusted_key` (hex) over its unsigned bytes."""
+    sig = statement.get("signature")
+    if not isinstance(sig, Mapping) or sig.get("alg") != "ed25519":
+        raise SignatureInvalid("statement", "no ed25519 signature block")
+    if sig.get("key") != trusted_key:
+        raise SignatureInvalid(
+            "statement", f"signed by key {str(sig.get('key'))[:16]}…, expected {trusted_key[:16]}…"
+        )
+    try:
+        raw = bytes.fromhex(str(sig.get("sig")))
+    except ValueError:
+        raise SignatureInvalid("statement", "signature is not hex") from None
+    verify_signature(trusted_key, unsigned_bytes(statement), raw, "statement")
+
+
+def check_shape(statement: object) -> Mapping[str, Any]:
+    """The fields a verifier needs, with their types; raises InvalidEvent naming the field."""
+    if not isinstance(statement, Mapping):
+        raise InvalidEvent(None, "statement", "must be a JSON object")
+    if statement.get("format") != FORMAT:
+        raise InvalidEvent(None, "format", f"expected {FORMAT!r}, got {statement.get('format')!r}")
+    for name, kind in (("run", int), ("party", str), ("cycle", Mapping), ("checkpoint", Mapping),
+                       ("lines", list), ("totals", Mapping)):  # fmt: skip
+        if not isinstance(statement.get(name), kind):
+            raise InvalidEvent(None, name, f"missing or not a {kind.__name__}")
+    cycle, cp = statement["cycle"], statement["checkpoint"]
+    if not all(isinstance(cycle.get(k), int) for k in ("from_seq", "to_seq")):
+        raise InvalidEvent(None, "cycle", "needs integer from_seq and to_seq")
+    if not isinstance(cp.get("size"), int) or not isinstance(cp.get("root"), str):
+        raise InvalidEvent(None, "checkpoint", "needs an integer size and a hex root")
+    return statement

@@ -46,6 +46,7 @@ def init(currency: str) -> None:
                 fail(f"{path} exists but {settings().db} has no log; move the old key away first")
             key = KeyPair.generate()
             write_key(path, key)
+            path.with_suffix(".pub").write_text(key.public_hex + "\n")
             led.initialise(key, currency)
         finally:
             led.close()
@@ -81,6 +82,7 @@ def party_register(name: str, kind: str, display_name: str | None) -> None:
             except BaseException:
                 path.unlink()  # nothing was registered: leave no orphan key behind
                 raise
+            path.with_suffix(".pub").write_text(key.public_hex + "\n")
         finally:
             led.close()
         emit({"party": name, "kind": kind, "public_key": key.public_hex},

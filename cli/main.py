@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from . import ledger_cmds, log_cmds
+from . import ledger_cmds, log_cmds, settle_cmds
 from .common import Settings, group_options
 
 
@@ -19,7 +19,7 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(Settings)
 
 
-for command in (*ledger_cmds.COMMANDS, *log_cmds.COMMANDS):
+for command in (*ledger_cmds.COMMANDS, *log_cmds.COMMANDS, *settle_cmds.COMMANDS):
     cli.add_command(command)
 
 

@@ -94,7 +94,8 @@ class Auditor:
         self._batch = rec
         self._hashes = []
 
-    def event(self, rec: EventRecord) -> None:
+    def event(self, rec: EventRecord) -> bytes:
+        """Check one event; returns its recomputed Merkle leaf hash."""
         seq = self.size + 1
         batch = self._batch
         if rec.seq != seq:
@@ -116,6 +117,7 @@ class Auditor:
         self.new_nodes.extend(self.frontier.append(leaf))
         if seq == batch.last_seq:
             self._close_batch()
+        return leaf
 
     def _check_bytes(self, rec: EventRecord) -> None:
         if rec.body_text is not None and canonical_bytes(rec.body).decode() != rec.body_text:
@@ -157,6 +159,10 @@ class Auditor:
             raise IntegrityError(batch.first_seq, "batch signature", str(e)) from None
         self._batches += 1
         self._batch = None
+
+    @property
+    def last_recorded_at(self) -> str:
+        return self._last_recorded
 
     def finish(self) -> AuditReport:
         if self._batch is not None:

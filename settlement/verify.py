@@ -97,3 +97,33 @@ def _first_difference(got: Mapping[str, Any], want: Mapping[str, Any]) -> str:
     if len(got_lines) != len(want_lines):
         return f"statement has {len(got_lines)} lines, the log gives {len(want_lines)}"
     return "bytes differ"
+
+
+def verify_run(ledger: Ledger, run: int, trusted_key: str,
+               stored: list[Mapping[str, Any]]) -> int:  # fmt: skip
+    """Check every statement of a run at once: one recomputation, every signature, every byte,
+    and the statements root that the log's settlement.closed event carries."""
+    recomputed: dict[str, dict[str, Any]] = {}
+    for st in stored:
+        statements.check_shape(st)
+        statements.check_signature(st, trusted_key)
+        if not recomputed:
+            cut_prev = previous_cut(ledger, run, ledger.head().size)
+            cut = int(st["cycle"]["to_seq"])
+            _check_checkpoint(st, ledger)
+            with ledger.engine.connect() as conn:
+                cycle = compute(DbCycleSource(conn), run, cut_prev, cut)
+            built = build_statements(cycle, ledger.head().currency, ledger.root_at(cut))
+            recomputed = {b["party"]: b for b in built}
+            if len(recomputed) != len(stored):
+                raise StatementMismatch("run", f"{len(stored)} statements, the log gives "
+                                        f"{len(recomputed)}")  # fmt: skip
+        want = recomputed.get(st["party"])
+        if want is None or statements.unsigned_bytes(want) != statements.unsigned_bytes(st):
+            detail = _first_difference(st, want) if want else "party has no statement"
+            raise StatementMismatch("statement", f"party {st['party']!r}: {detail}")
+    closed = [r for r in ledger.events_of(["settlement.closed"], ledger.head().size)
+              if r.body.get("run") == run]  # fmt: skip
+    if closed and closed[0].body.get("statements_root") != statements.statements_root(stored).hex():
+        raise StatementMismatch("run", "statements root differs from the settlement.closed event")
+    return len(stored)

@@ -48,15 +48,34 @@ def _set(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
 def _options(db_default: str | None, keys_default: str | None) -> list[Callable[[F], F]]:
     env = db_default is not None
     return [
-        click.option("--db", envvar="EDVEX_DB" if env else None, default=db_default,
-                     expose_value=False, callback=_set("db"), is_eager=True,
-                     help="database URL [default: sqlite:///edvex.db, or EDVEX_DB]"),
-        click.option("--keys", envvar="EDVEX_KEYS" if env else None, default=keys_default,
-                     expose_value=False, callback=_set("keys"), is_eager=True,
-                     help="key directory [default: ./keys, or EDVEX_KEYS]"),
-        click.option("--json", "as_json", is_flag=True, default=None, expose_value=False,
-                     callback=_set("json"), help="print one JSON document on stdout"),
-    ]  # fmt: skip
+        click.option(
+            "--db",
+            envvar="EDVEX_DB" if env else None,
+            default=db_default,
+            expose_value=False,
+            callback=_set("db"),
+            is_eager=True,
+            help="database URL [default: sqlite:///edvex.db, or EDVEX_DB]",
+        ),
+        click.option(
+            "--keys",
+            envvar="EDVEX_KEYS" if env else None,
+            default=keys_default,
+            expose_value=False,
+            callback=_set("keys"),
+            is_eager=True,
+            help="key directory [default: ./keys, or EDVEX_KEYS]",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            default=None,
+            expose_value=False,
+            callback=_set("json"),
+            help="print one JSON document on stdout",
+        ),
+    ]
 
 
 def group_options(f: F) -> F:
@@ -84,7 +103,9 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 def exit_code_for(error: LedgerError) -> int:
-    return EXIT_VERIFY_FAILED if isinstance(error, IntegrityError | ProofInvalid) else EXIT_BAD_INPUT
+    return (
+        EXIT_VERIFY_FAILED if isinstance(error, IntegrityError | ProofInvalid) else EXIT_BAD_INPUT
+    )
 
 
 @contextmanager
@@ -121,8 +142,10 @@ def open_ledger(must_exist: bool = True) -> Ledger:
 
 def key_path(party: str) -> Path:
     if not _SAFE_NAME.fullmatch(party):
-        fail(f"party {party!r}: the CLI keeps keys in files named after parties, so a party "
-             "name must be letters, digits and . _ @ + - (starting with a letter or digit)")  # fmt: skip
+        fail(
+            f"party {party!r}: the CLI keeps keys in files named after parties, so a party "
+            "name must be letters, digits and . _ @ + - (starting with a letter or digit)"
+        )
     return settings().keys / f"{party}.key"
 
 
@@ -140,6 +163,11 @@ def client_for(led: Ledger, party: str, **options: Any) -> Client:
 def progress() -> Progress:
     """A progress bar on stderr (stdout stays clean for --json)."""
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err, transient=True, disable=not err.is_terminal,
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )

@@ -103,7 +103,7 @@ def _event(record: Any, party: str, source: str, now: str, seen: Counter[bytes])
         raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
     revenue = record.get("revenue")
     if revenue is not None and not isinstance(revenue, str):
-        raise ValueError("revenue must be a decimal string such as \"0.35\"")
+        raise ValueError('revenue must be a decimal string such as "0.35"')
     body = {k: record[k] for k in ("asset", "units", "grant") if k in record}
     if revenue is not None:
         body["revenue"] = amount_micros(revenue, "revenue")
@@ -112,11 +112,14 @@ def _event(record: Any, party: str, source: str, now: str, seen: Counter[bytes])
         content = canonical_bytes({"party": party, "file": source, "line": body})
         seen[content] += 1
         event_id = "imp-" + hashlib.sha256(content + b"#%d" % seen[content]).hexdigest()[:32]
-    return parse_event({"id": event_id, "type": "usage.recorded", "actor": party,
-                        "occurred_at": now, "body": body})  # fmt: skip
+    return parse_event(
+        {"id": event_id, "type": "usage.recorded", "actor": party, "occurred_at": now, "body": body}
+    )
 
 
-def append_lines(client: Client, lines: list[Line], batch_size: int, bar: Progress) -> dict[str, Any]:
+def append_lines(
+    client: Client, lines: list[Line], batch_size: int, bar: Progress
+) -> dict[str, Any]:
     """Append in batches; a rejected batch stops the import, naming the line."""
     by_id = {line.event.id: line.number for line in lines}
     appended = already = 0

@@ -39,8 +39,10 @@ def init(currency: str) -> None:
             if led.initialised():
                 op = led.party(OPERATOR)
                 public = op["public_key"] if op else ""
-                emit({"operator": OPERATOR, "public_key": public, "created": False},
-                     lambda: out.print(f"already initialised: {settings().db}"))  # fmt: skip
+                emit(
+                    {"operator": OPERATOR, "public_key": public, "created": False},
+                    lambda: out.print(f"already initialised: {settings().db}"),
+                )
                 return
             if path.exists():
                 fail(f"{path} exists but {settings().db} has no log; move the old key away first")
@@ -50,9 +52,12 @@ def init(currency: str) -> None:
             led.initialise(key, currency)
         finally:
             led.close()
-        emit({"operator": OPERATOR, "public_key": key.public_hex, "created": True},
-             lambda: out.print(f"initialised {settings().db}; operator key {key.public_hex} "
-                               f"in {path}"))  # fmt: skip
+        emit(
+            {"operator": OPERATOR, "public_key": key.public_hex, "created": True},
+            lambda: out.print(
+                f"initialised {settings().db}; operator key {key.public_hex} in {path}"
+            ),
+        )
 
 
 @click.group()
@@ -62,12 +67,15 @@ def party() -> None:
 
 @party.command("register")
 @click.argument("name")
-@click.option("--kind", required=True,
-              type=click.Choice(["creator", "aggregator", "developer", "deployer", "collective"]))
+@click.option(
+    "--kind",
+    required=True,
+    type=click.Choice(["creator", "aggregator", "developer", "deployer", "collective"]),
+)
 @click.option("--display-name", default=None, help="a human name (default: NAME)")
 @common_options
 def party_register(name: str, kind: str, display_name: str | None) -> None:
-    """Make a new key in the keys dir and register NAME with a self-signed event."""  # fmt: skip
+    """Make a new key in the keys dir and register NAME with a self-signed event."""
     with handled():
         path = key_path(name)
         led = open_ledger()
@@ -85,8 +93,10 @@ def party_register(name: str, kind: str, display_name: str | None) -> None:
             path.with_suffix(".pub").write_text(key.public_hex + "\n")
         finally:
             led.close()
-        emit({"party": name, "kind": kind, "public_key": key.public_hex},
-             lambda: out.print(f"registered {kind} {name} (key {key.public_hex})"))  # fmt: skip
+        emit(
+            {"party": name, "kind": kind, "public_key": key.public_hex},
+            lambda: out.print(f"registered {kind} {name} (key {key.public_hex})"),
+        )
 
 
 @party.command("list")
@@ -97,8 +107,15 @@ def party_list() -> None:
         led = open_ledger()
         rows = led.parties()
         led.close()
-        doc = [{"party": r["party"], "kind": r["kind"], "name": r["name"],
-                "public_key": r["public_key"]} for r in rows]  # fmt: skip
+        doc = [
+            {
+                "party": r["party"],
+                "kind": r["kind"],
+                "name": r["name"],
+                "public_key": r["public_key"],
+            }
+            for r in rows
+        ]
 
         def human() -> None:
             table = Table("party", "kind", "name", "public key")
@@ -128,23 +145,31 @@ def asset() -> None:
 @click.argument("asset_id", metavar="ID")
 @click.option("--by", "by", required=True, help="the owning party")
 @click.option("--kind", required=True, type=click.Choice(["data", "dataset", "model", "output"]))
-@click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="hash this file's content")  # fmt: skip
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="hash this file's content",
+)
 @click.option("--content-hash", default=None, help="sha256 of the content, hex")
 @click.option("--uri", default=None)
 @common_options
-def asset_register(asset_id: str, by: str, kind: str, file: Path | None,
-                   content_hash: str | None, uri: str | None) -> None:  # fmt: skip
+def asset_register(
+    asset_id: str, by: str, kind: str, file: Path | None, content_hash: str | None, uri: str | None
+) -> None:
     """Register asset ID owned by --by."""
     with handled():
         if file is not None and content_hash is not None:
             fail("give --file or --content-hash, not both")
         if file is not None:
             content_hash = _sha256_file(file)
-        _append_one(by, lambda c: c.register_asset(asset_id, kind, content_hash=content_hash,
-                                                   uri=uri))  # fmt: skip
-        emit({"asset": asset_id, "kind": kind, "owner": by, "content_hash": content_hash},
-             lambda: out.print(f"registered {kind} {asset_id} owned by {by}"))  # fmt: skip
+        _append_one(
+            by, lambda c: c.register_asset(asset_id, kind, content_hash=content_hash, uri=uri)
+        )
+        emit(
+            {"asset": asset_id, "kind": kind, "owner": by, "content_hash": content_hash},
+            lambda: out.print(f"registered {kind} {asset_id} owned by {by}"),
+        )
 
 
 def _sha256_file(path: Path) -> str:
@@ -184,19 +209,42 @@ def _tier(text: str) -> tuple[int | None, str]:
 @click.option("--until", default=None, help="RFC 3339 end (exclusive)")
 @click.option("--id", "grant_id", default=None, help="the grant id (default: a new UUIDv7)")
 @common_options
-def consent_grant(asset_id: str, by: str, to: str, purpose: str, share: str | None,
-                  per_unit: str | None, tiers: tuple[str, ...], minimum: str | None,
-                  valid_from: str | None, until: str | None, grant_id: str | None) -> None:  # fmt: skip
+def consent_grant(
+    asset_id: str,
+    by: str,
+    to: str,
+    purpose: str,
+    share: str | None,
+    per_unit: str | None,
+    tiers: tuple[str, ...],
+    minimum: str | None,
+    valid_from: str | None,
+    until: str | None,
+    grant_id: str | None,
+) -> None:
     """Grant --to consent on ASSET for --purpose under the given terms; prints the grant id."""
     with handled():
         purposes = [p.strip() for p in purpose.split(",") if p.strip()]
         tier_list = [_tier(t) for t in tiers] or None
-        grant = _append_one(by, lambda c: c.grant_consent(
-            asset_id, to, purposes, share=share, per_unit=per_unit, tiers=tier_list,
-            minimum=minimum, valid_from=valid_from, valid_until=until, grant=grant_id,
-        ))  # fmt: skip
-        emit({"grant": grant, "asset": asset_id, "grantee": to, "purposes": purposes},
-             lambda: out.print(grant, markup=False))  # fmt: skip
+        grant = _append_one(
+            by,
+            lambda c: c.grant_consent(
+                asset_id,
+                to,
+                purposes,
+                share=share,
+                per_unit=per_unit,
+                tiers=tier_list,
+                minimum=minimum,
+                valid_from=valid_from,
+                valid_until=until,
+                grant=grant_id,
+            ),
+        )
+        emit(
+            {"grant": grant, "asset": asset_id, "grantee": to, "purposes": purposes},
+            lambda: out.print(grant, markup=False),
+        )
 
 
 @consent.command("revoke")
@@ -226,16 +274,30 @@ def _parent(text: str) -> tuple[str, str, str]:
 @click.option("--content-hash", default=None)
 @click.option("--uri", default=None)
 @common_options
-def derive(child: str, by: str, kind: str, purpose: str, parents: tuple[str, ...],
-           content_hash: str | None, uri: str | None) -> None:  # fmt: skip
+def derive(
+    child: str,
+    by: str,
+    kind: str,
+    purpose: str,
+    parents: tuple[str, ...],
+    content_hash: str | None,
+    uri: str | None,
+) -> None:
     """Register CHILD derived from parents under their grants."""
     with handled():
         plist = [_parent(p) for p in parents]
-        _append_one(by, lambda c: c.derive(child, kind, purpose, plist,
-                                           content_hash=content_hash, uri=uri))  # fmt: skip
-        emit({"asset": child, "kind": kind, "owner": by,
-              "parents": [{"asset": a, "weight": w, "grant": g} for a, w, g in plist]},
-             lambda: out.print(f"derived {kind} {child} from {len(plist)} parent(s)"))  # fmt: skip
+        _append_one(
+            by, lambda c: c.derive(child, kind, purpose, plist, content_hash=content_hash, uri=uri)
+        )
+        emit(
+            {
+                "asset": child,
+                "kind": kind,
+                "owner": by,
+                "parents": [{"asset": a, "weight": w, "grant": g} for a, w, g in plist],
+            },
+            lambda: out.print(f"derived {kind} {child} from {len(plist)} parent(s)"),
+        )
 
 
 @click.group()
@@ -251,8 +313,9 @@ def usage() -> None:
 @click.option("--grant", default=None, help="the grant used (default: resolved by the ledger)")
 @click.option("--id", "event_id", default=None, help="event id, e.g. a request id")
 @common_options
-def usage_record(asset_id: str, by: str, units: int, revenue: str | None, grant: str | None,
-                 event_id: str | None) -> None:  # fmt: skip
+def usage_record(
+    asset_id: str, by: str, units: int, revenue: str | None, grant: str | None, event_id: str | None
+) -> None:
     """Record one use of ASSET."""
     with handled():
         led = open_ledger()
@@ -281,9 +344,13 @@ def usage_import(file: Path, by: str, batch_size: int) -> None:
             summary = imports.append_lines(client, lines, batch_size, progress())
         finally:
             led.close()
-        emit(summary, lambda: out.print(
-            f"imported {summary['lines']} line(s) from {file}: {summary['appended']} appended, "
-            f"{summary['already']} already in the log"))  # fmt: skip
+        emit(
+            summary,
+            lambda: out.print(
+                f"imported {summary['lines']} line(s) from {file}: {summary['appended']} appended, "
+                f"{summary['already']} already in the log"
+            ),
+        )
 
 
 COMMANDS = [init, party, asset, consent, derive, usage]

@@ -44,20 +44,30 @@ def log_verify() -> None:
                 try:
                     report = led.verify(lambda seq: bar.update(task, completed=seq))
                 except IntegrityError as e:
-                    emit({"ok": False, "seq": e.seq, "what": e.what, "detail": e.detail},
-                         lambda: None)  # fmt: skip
+                    emit(
+                        {"ok": False, "seq": e.seq, "what": e.what, "detail": e.detail},
+                        lambda: None,
+                    )
                     fail(f"verification failed: {e}", EXIT_VERIFY_FAILED)
         finally:
             led.close()
-        emit({"ok": True, "size": report.size, "batches": report.batches,
-              "root": report.root.hex()},
-             lambda: out.print(f"ok: {report.size} events in {report.batches} batches verify; "
-                               f"root {report.root.hex()}"))  # fmt: skip
+        emit(
+            {"ok": True, "size": report.size, "batches": report.batches, "root": report.root.hex()},
+            lambda: out.print(
+                f"ok: {report.size} events in {report.batches} batches verify; "
+                f"root {report.root.hex()}"
+            ),
+        )
 
 
 @log.command("export")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="write here instead of stdout")  # fmt: skip
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write here instead of stdout",
+)
 @common_options
 def log_export(output: Path | None) -> None:
     """Write the whole log as JSON Lines (format edvex.log/1)."""
@@ -105,8 +115,13 @@ def log_checkpoint() -> None:
 @log.command("prove")
 @click.argument("seq", type=click.IntRange(min=1), required=False)
 @click.option("--size", type=click.IntRange(min=0), default=None, help="tree size (default: now)")
-@click.option("--consistency", type=click.IntRange(min=1), default=None, metavar="M",
-              help="prove that the tree of --size extends the tree of size M")  # fmt: skip
+@click.option(
+    "--consistency",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="M",
+    help="prove that the tree of --size extends the tree of size M",
+)
 @common_options
 def log_prove(seq: int | None, size: int | None, consistency: int | None) -> None:
     """An inclusion proof of event SEQ, or a consistency proof with --consistency M."""
@@ -149,8 +164,13 @@ def lineage() -> None:
 @lineage.command("show")
 @click.argument("asset_id", metavar="ASSET")
 @click.option("--depth", default=20, show_default=True, type=click.IntRange(min=1))
-@click.option("--max-children", default=50, show_default=True, type=click.IntRange(min=1),
-              help="parents shown per asset (the rest are counted)")  # fmt: skip
+@click.option(
+    "--max-children",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="parents shown per asset (the rest are counted)",
+)
 @common_options
 def lineage_show(asset_id: str, depth: int, max_children: int) -> None:
     """ASSET and its ancestors, with normalised weights, shares and grants, as a tree."""
@@ -169,17 +189,26 @@ def lineage_show(asset_id: str, depth: int, max_children: int) -> None:
 def _lineage(led: Ledger, asset_id: str, depth: int) -> dict[str, Any]:
     """The ancestry of `asset_id` as nested dicts, one database query per level."""
     info = led.asset(asset_id) or {}
-    node: dict[str, Any] = {"asset": asset_id, "kind": info.get("kind"),
-                            "owner": info.get("owner"), "parents": []}  # fmt: skip
+    node: dict[str, Any] = {
+        "asset": asset_id,
+        "kind": info.get("kind"),
+        "owner": info.get("owner"),
+        "parents": [],
+    }
     level = {asset_id: [node]}
     for _ in range(depth):
         edges = led.parents_of(list(level))
         nxt: dict[str, list[dict[str, Any]]] = {}
         for child, parents in edges.items():
             for e in parents:
-                p = {"asset": e.parent, "weight": e.weight,
-                     "normalised": f"{e.norm.numerator}/{e.norm.denominator}",
-                     "share": e.share, "grant": e.grant, "parents": []}  # fmt: skip
+                p = {
+                    "asset": e.parent,
+                    "weight": e.weight,
+                    "normalised": f"{e.norm.numerator}/{e.norm.denominator}",
+                    "share": e.share,
+                    "grant": e.grant,
+                    "parents": [],
+                }
                 for holder in level[child]:
                     holder["parents"].append(p)
                 nxt.setdefault(e.parent, []).append(p)
@@ -206,8 +235,10 @@ def _tree(doc: dict[str, Any], max_children: int) -> Tree:
 
 def _branch(tree: Tree, parents: list[dict[str, Any]], max_children: int) -> None:
     for p in parents[:max_children]:
-        label = (f"{p['asset']} ({p.get('kind')}, owner {p.get('owner')}) weight {p['weight']} "
-                 f"= {p['normalised']}, share {p['share']}, grant {p['grant']}")  # fmt: skip
+        label = (
+            f"{p['asset']} ({p.get('kind')}, owner {p.get('owner')}) weight {p['weight']} "
+            f"= {p['normalised']}, share {p['share']}, grant {p['grant']}"
+        )
         _branch(tree.add(label, highlight=False), p["parents"], max_children)
     if len(parents) > max_children:
         tree.add(f"… and {len(parents) - max_children} more")

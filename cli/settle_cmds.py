@@ -58,12 +58,18 @@ def settle_run() -> None:
         finally:
             led.close()
         if result.run is None:
-            emit({"run": None, "cut": result.cut, "statements": 0},
-                 lambda: out.print(f"nothing to settle: no new events since cut {result.cut}"))  # fmt: skip
+            emit(
+                {"run": None, "cut": result.cut, "statements": 0},
+                lambda: out.print(f"nothing to settle: no new events since cut {result.cut}"),
+            )
             return
-        emit(result.as_json(), lambda: out.print(
-            f"run {result.run}: settled seq ..{result.cut}, {result.statements} statements, "
-            f"{format_micros(result.arrived)} arrived from use"))  # fmt: skip
+        emit(
+            result.as_json(),
+            lambda: out.print(
+                f"run {result.run}: settled seq ..{result.cut}, {result.statements} statements, "
+                f"{format_micros(result.arrived)} arrived from use"
+            ),
+        )
 
 
 @settle.command("schedule")
@@ -80,8 +86,9 @@ def settle_schedule(every: str | None, cron: str | None) -> None:
         operator = party_key(OPERATOR)
         led = open_ledger()
 
-        def report(what: str, result: settlement_run.RunResult | None,
-                   error: LedgerError | None) -> None:  # fmt: skip
+        def report(
+            what: str, result: settlement_run.RunResult | None, error: LedgerError | None
+        ) -> None:
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             doc: dict[str, Any] = {"at": stamp, "event": what}
             if result is not None:
@@ -130,8 +137,13 @@ def statements_list(run: int | None, party: str | None) -> None:
         def human() -> None:
             table = Table("run", "party", "in", "out", "retained")
             for r in rows:
-                table.add_row(str(r["run"]), r["party"], format_micros(r["in"]),
-                              format_micros(r["out"]), format_micros(r["retained"]))  # fmt: skip
+                table.add_row(
+                    str(r["run"]),
+                    r["party"],
+                    format_micros(r["in"]),
+                    format_micros(r["out"]),
+                    format_micros(r["retained"]),
+                )
             out.print(table)
 
         emit(rows, human)
@@ -189,7 +201,7 @@ def _open_log(source: str, tmp: Path) -> Ledger:
         fail(f"{path}: line 1 is not an edvex.log/1 header")
     records = (parse_export_line(text, n) for n, text in enumerate(lines[1:], start=2))
     led = Ledger.open(f"sqlite:///{tmp / 'log.db'}")
-    led.restore(r for r in records if not isinstance(r, dict))
+    led.restore((r for r in records if not isinstance(r, dict)), str(header.get("currency", "USD")))
     if led.head().size != header.get("size"):
         fail(f"{path}: header says {header.get('size')} events, found {led.head().size}")
     return led
@@ -198,8 +210,12 @@ def _open_log(source: str, tmp: Path) -> Ledger:
 @click.command()
 @click.argument("statement", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--operator-key", required=True, help="trusted operator public key: HEX or FILE")
-@click.option("--log", "log_source", default=None,
-              help="the log: a database URL or an exported FILE.jsonl (default: --db)")  # fmt: skip
+@click.option(
+    "--log",
+    "log_source",
+    default=None,
+    help="the log: a database URL or an exported FILE.jsonl (default: --db)",
+)
 @click.option("--no-log", is_flag=True, help="check the signature only")
 @common_options
 def verify(statement: Path, operator_key: str, log_source: str | None, no_log: bool) -> None:
@@ -220,11 +236,20 @@ def verify(statement: Path, operator_key: str, log_source: str | None, no_log: b
             finally:
                 if led is not None:
                     led.close()
-        emit({"ok": True, "run": result.run, "party": result.party, "lines": result.lines,
-              "recomputed": result.checked_against_log},
-             lambda: out.print(f"ok: run {result.run} statement for {result.party} "
-                               f"({result.lines} lines) is signed by the operator"
-                               + (" and matches the log" if result.checked_against_log else "")))  # fmt: skip
+        emit(
+            {
+                "ok": True,
+                "run": result.run,
+                "party": result.party,
+                "lines": result.lines,
+                "recomputed": result.checked_against_log,
+            },
+            lambda: out.print(
+                f"ok: run {result.run} statement for {result.party} "
+                f"({result.lines} lines) is signed by the operator"
+                + (" and matches the log" if result.checked_against_log else "")
+            ),
+        )
 
 
 @click.group()
@@ -247,8 +272,13 @@ def report_equity(run: int | None) -> None:
 
 
 def equity_table(eq: Equity) -> Table:
-    table = Table("kind", "parties", "retained", "share of value",
-                  title=f"run {eq.run}: {format_micros(eq.arrived)} arrived from use")  # fmt: skip
+    table = Table(
+        "kind",
+        "parties",
+        "retained",
+        "share of value",
+        title=f"run {eq.run}: {format_micros(eq.arrived)} arrived from use",
+    )
     for r in eq.rows:
         table.add_row(r.kind, str(r.parties), format_micros(r.retained), f"{r.percent()}%")
     return table
@@ -258,12 +288,22 @@ _DEMO_MARK = ".edvex-demo"
 
 
 @click.command()
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("edvex-demo"), show_default=True,
-              help="where the demo's database and keys go (a directory the demo made is reused)")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("edvex-demo"),
+    show_default=True,
+    help="where the demo's database and keys go (a directory the demo made is reused)",
+)
 @click.option("--creators", type=click.IntRange(2, 100_000), default=300, show_default=True)
-@click.option("--events", type=click.IntRange(1, 50_000_000), default=280_000, show_default=True,
-              help="usage events to record")  # fmt: skip
+@click.option(
+    "--events",
+    type=click.IntRange(1, 50_000_000),
+    default=280_000,
+    show_default=True,
+    help="usage events to record",
+)
 @common_options
 def demo(directory: Path, creators: int, events: int) -> None:
     """A realistic market, recorded through the SDK, settled and verified, in one go."""
@@ -280,16 +320,18 @@ def demo(directory: Path, creators: int, events: int) -> None:
         write_key(keys_dir / "operator.key", operator)
         (keys_dir / "operator.pub").write_text(operator.public_hex + "\n")
         owner_events = events // 7
-        cfg = DemoConfig(creators=creators, deployer_events=events - owner_events,
-                         owner_events=owner_events)  # fmt: skip
+        cfg = DemoConfig(
+            creators=creators, deployer_events=events - owner_events, owner_events=owner_events
+        )
         started = time.monotonic()
         led = Ledger.open(url)
         try:
             led.initialise(operator)
             with progress() as bar:
                 task = bar.add_task("recording usage", total=events)
-                result = run_demo(led, operator, cfg,
-                                  lambda _what, done, _total: bar.update(task, completed=done))  # fmt: skip
+                result = run_demo(
+                    led, operator, cfg, lambda _what, done, _total: bar.update(task, completed=done)
+                )
             for party, key in result.keys.items():
                 write_key(keys_dir / f"{party}.key", key)
             rows = settlement_run.list_statements(led, result.run.run if result.run else None)
@@ -300,8 +342,14 @@ def demo(directory: Path, creators: int, events: int) -> None:
         _demo_output(directory, url, result, rows, kinds, elapsed)
 
 
-def _demo_output(directory: Path, url: str, result: Any, rows: list[dict[str, Any]],
-                 kinds: dict[str, str], elapsed: float) -> None:  # fmt: skip
+def _demo_output(
+    directory: Path,
+    url: str,
+    result: Any,
+    rows: list[dict[str, Any]],
+    kinds: dict[str, str],
+    elapsed: float,
+) -> None:
     by_kind: dict[str, list[int]] = {}
     for r in rows:
         acc = by_kind.setdefault(kinds.get(r["party"], "?"), [0, 0, 0, 0])
@@ -309,24 +357,42 @@ def _demo_output(directory: Path, url: str, result: Any, rows: list[dict[str, An
         acc[1] += r["in"]
         acc[2] += r["out"]
         acc[3] += r["retained"]
-    doc = {"db": url, "events": result.events, "run": result.run.as_json(),
-           "verified": result.verified, "seconds": round(elapsed, 2),
-           "by_kind": {k: {"statements": v[0], "in": v[1], "out": v[2], "retained": v[3]}
-                       for k, v in sorted(by_kind.items())},
-           "equity": result.equity.as_json()}  # fmt: skip
+    doc = {
+        "db": url,
+        "events": result.events,
+        "run": result.run.as_json(),
+        "verified": result.verified,
+        "seconds": round(elapsed, 2),
+        "by_kind": {
+            k: {"statements": v[0], "in": v[1], "out": v[2], "retained": v[3]}
+            for k, v in sorted(by_kind.items())
+        },
+        "equity": result.equity.as_json(),
+    }
 
     def human() -> None:
-        table = Table("kind", "statements", "in", "out", "retained",
-                      title=f"run {result.run.run}: {result.events:,} usage events, "
-                            f"{result.run.statements} statements")  # fmt: skip
+        table = Table(
+            "kind",
+            "statements",
+            "in",
+            "out",
+            "retained",
+            title=f"run {result.run.run}: {result.events:,} usage events, "
+            f"{result.run.statements} statements",
+        )
         for kind, (n, i, o, r) in sorted(by_kind.items()):
             table.add_row(kind, str(n), format_micros(i), format_micros(o), format_micros(r))
         out.print(table)
         out.print(equity_table(result.equity))
-        out.print(f"verified {result.verified} of {result.run.statements} statements against "
-                  f"the log; {elapsed:.1f}s. Database {url}, keys in {directory / 'keys'}.")
-        out.print(f"Try: edvex --db {url} --keys {directory / 'keys'} statements list --party "
-                  "creator-0000", markup=False)
+        out.print(
+            f"verified {result.verified} of {result.run.statements} statements against "
+            f"the log; {elapsed:.1f}s. Database {url}, keys in {directory / 'keys'}."
+        )
+        out.print(
+            f"Try: edvex --db {url} --keys {directory / 'keys'} statements list --party "
+            "creator-0000",
+            markup=False,
+        )
 
     emit(doc, human)
 

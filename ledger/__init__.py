@@ -1,6 +1,7 @@
 """EDVEX's ledger: the append-only, signed event log of consent, lineage and usage."""
 
-from .client import Client, Transport, uuid7
+from .client import Client, Transport
+from .values import uuid7
 from .errors import (
     ConflictError,
     IntegrityError,

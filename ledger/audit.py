@@ -31,9 +31,16 @@ class BatchRecord:
     last_seq: int
 
     def export(self) -> dict[str, Any]:
-        return {"record": "batch", "batch": self.batch, "actor": self.actor, "key": self.key,
-                "digest": self.digest.hex(), "signature": self.signature.hex(),
-                "first_seq": self.first_seq, "last_seq": self.last_seq}  # fmt: skip
+        return {
+            "record": "batch",
+            "batch": self.batch,
+            "actor": self.actor,
+            "key": self.key,
+            "digest": self.digest.hex(),
+            "signature": self.signature.hex(),
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+        }
 
 
 @dataclass(frozen=True)
@@ -51,14 +58,27 @@ class EventRecord:
     leaf: bytes | None = None  # the stored leaf hash, when read from the database
 
     def signed_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "type": self.type, "actor": self.actor,
-                "occurred_at": self.occurred_at, "body": self.body}  # fmt: skip
+        return {
+            "id": self.id,
+            "type": self.type,
+            "actor": self.actor,
+            "occurred_at": self.occurred_at,
+            "body": self.body,
+        }
 
     def export(self) -> dict[str, Any]:
-        return {"record": "event", "seq": self.seq, "id": self.id, "type": self.type,
-                "actor": self.actor, "occurred_at": self.occurred_at,
-                "recorded_at": self.recorded_at, "body": self.body, "hash": self.hash.hex(),
-                "batch": self.batch}  # fmt: skip
+        return {
+            "record": "event",
+            "seq": self.seq,
+            "id": self.id,
+            "type": self.type,
+            "actor": self.actor,
+            "occurred_at": self.occurred_at,
+            "recorded_at": self.recorded_at,
+            "body": self.body,
+            "hash": self.hash.hex(),
+            "batch": self.batch,
+        }
 
 
 @dataclass(frozen=True)
@@ -125,9 +145,10 @@ class Auditor:
         recomputed = hashlib.sha256(canonical_bytes(rec.signed_dict())).digest()
         if recomputed != rec.hash:
             raise IntegrityError(
-                rec.seq, "event hash", f"stored {rec.hash.hex()[:16]}…, recomputed "
-                f"{recomputed.hex()[:16]}…",
-            )  # fmt: skip
+                rec.seq,
+                "event hash",
+                f"stored {rec.hash.hex()[:16]}…, recomputed {recomputed.hex()[:16]}…",
+            )
 
     def _track_key(self, rec: EventRecord) -> None:
         batch = self._batch
@@ -149,7 +170,9 @@ class Auditor:
             return
         if self.size != batch.last_seq:
             raise IntegrityError(
-                self.size + 1, "batch range", f"batch {batch.batch} ends before seq {batch.last_seq}"
+                self.size + 1,
+                "batch range",
+                f"batch {batch.batch} ends before seq {batch.last_seq}",
             )
         if batch_digest(self._hashes) != batch.digest:
             raise IntegrityError(batch.first_seq, "batch digest", f"batch {batch.batch}")
@@ -190,16 +213,26 @@ def parse_export_line(line: str, number: int) -> BatchRecord | EventRecord | dic
         kind = obj.get("record")
         if kind == "event":
             return EventRecord(
-                seq=obj["seq"], id=obj["id"], type=obj["type"], actor=obj["actor"],
-                occurred_at=obj["occurred_at"], recorded_at=obj["recorded_at"], body=obj["body"],
-                hash=bytes.fromhex(obj["hash"]), batch=obj["batch"],
-            )  # fmt: skip
+                seq=obj["seq"],
+                id=obj["id"],
+                type=obj["type"],
+                actor=obj["actor"],
+                occurred_at=obj["occurred_at"],
+                recorded_at=obj["recorded_at"],
+                body=obj["body"],
+                hash=bytes.fromhex(obj["hash"]),
+                batch=obj["batch"],
+            )
         if kind == "batch":
             return BatchRecord(
-                batch=obj["batch"], actor=obj["actor"], key=obj["key"],
-                digest=bytes.fromhex(obj["digest"]), signature=bytes.fromhex(obj["signature"]),
-                first_seq=obj["first_seq"], last_seq=obj["last_seq"],
-            )  # fmt: skip
+                batch=obj["batch"],
+                actor=obj["actor"],
+                key=obj["key"],
+                digest=bytes.fromhex(obj["digest"]),
+                signature=bytes.fromhex(obj["signature"]),
+                first_seq=obj["first_seq"],
+                last_seq=obj["last_seq"],
+            )
         if kind is None and obj.get("format") == "edvex.log/1":
             return dict(obj)
         raise ValueError(f"unknown record {kind!r}")

@@ -73,11 +73,11 @@ def canonical_bytes(value: object) -> bytes:
 def _fast_path_safe(value: object) -> bool:
     """Whether orjson's sorted output for `value` is byte-identical to RFC 8785 (module docstring).
 
-    Leaves are tested inline so that only containers cost a call.
+    Leaves and ASCII keys are tested inline, so that only containers cost a call.
     """
     if type(value) is dict:
         for key, item in value.items():
-            if type(key) is not str or not _bmp_only(key):
+            if type(key) is not str or not (key.isascii() or _bmp_only(key)):
                 return False
             if type(item) not in _SCALAR_TYPES and not _fast_path_safe(item):
                 return False
@@ -93,7 +93,7 @@ def _fast_path_safe(value: object) -> bool:
 
 def _bmp_only(key: str) -> bool:
     """No character needs a UTF-16 surrogate pair, so both key orders agree (section 3.2.3)."""
-    return key.isascii() or max(key) < _FIRST_NON_BMP
+    return max(key, default="") < _FIRST_NON_BMP
 
 
 def _reference_bytes(value: object) -> bytes:

@@ -103,8 +103,12 @@ class Client:
     # --- one method per event type ------------------------------------------------------------
 
     def register_party(self, kind: str, name: str | None = None, *, id: str | None = None) -> str:
-        body = {"party": self.party, "kind": kind, "public_key": self._key.public_hex,
-                "name": name or self.party}  # fmt: skip
+        body = {
+            "party": self.party,
+            "kind": kind,
+            "public_key": self._key.public_hex,
+            "name": name or self.party,
+        }
         return self._add("party.registered", body, id)
 
     def rotate_key(self, new_key: KeyPair, *, id: str | None = None) -> str:
@@ -126,8 +130,15 @@ class Client:
         metadata: Mapping[str, Any] | None = None,
         id: str | None = None,
     ) -> str:
-        body = _without_none({"asset": asset, "kind": kind, "content_hash": content_hash,
-                              "uri": uri, "metadata": metadata})  # fmt: skip
+        body = _without_none(
+            {
+                "asset": asset,
+                "kind": kind,
+                "content_hash": content_hash,
+                "uri": uri,
+                "metadata": metadata,
+            }
+        )
         return self._add("asset.registered", body, id)
 
     def grant_consent(
@@ -147,15 +158,25 @@ class Client:
     ) -> str:
         """Grant consent; returns the grant id (generated when not given)."""
         grant = grant or uuid7()
-        terms = _without_none({
-            "share": share, "per_unit": per_unit, "minimum": to_micros(minimum, "minimum"),
-            "tiers": [{"up_to": u, "per_unit": p} for u, p in tiers] if tiers else None,
-        })  # fmt: skip
-        body = _without_none({
-            "grant": grant, "asset": asset, "grantee": grantee, "purposes": list(purposes),
-            "terms": terms, "valid_from": valid_from or format_timestamp(datetime.now(UTC)),
-            "valid_until": valid_until,
-        })  # fmt: skip
+        terms = _without_none(
+            {
+                "share": share,
+                "per_unit": per_unit,
+                "minimum": to_micros(minimum, "minimum"),
+                "tiers": [{"up_to": u, "per_unit": p} for u, p in tiers] if tiers else None,
+            }
+        )
+        body = _without_none(
+            {
+                "grant": grant,
+                "asset": asset,
+                "grantee": grantee,
+                "purposes": list(purposes),
+                "terms": terms,
+                "valid_from": valid_from or format_timestamp(datetime.now(UTC)),
+                "valid_until": valid_until,
+            }
+        )
         self._add("consent.granted", body, id)
         return grant
 
@@ -179,8 +200,17 @@ class Client:
             dict(p) if isinstance(p, Mapping) else {"asset": p[0], "weight": p[1], "grant": p[2]}
             for p in parents
         ]
-        body = _without_none({"asset": asset, "kind": kind, "purpose": purpose, "parents": plist,
-                              "content_hash": content_hash, "uri": uri, "metadata": metadata})  # fmt: skip
+        body = _without_none(
+            {
+                "asset": asset,
+                "kind": kind,
+                "purpose": purpose,
+                "parents": plist,
+                "content_hash": content_hash,
+                "uri": uri,
+                "metadata": metadata,
+            }
+        )
         return self._add("asset.derived", body, id)
 
     def record_usage(
@@ -192,19 +222,27 @@ class Client:
         grant: str | None = None,
         id: str | None = None,
     ) -> str:
-        body = _without_none({"asset": asset, "units": units,
-                              "revenue": to_micros(revenue, "revenue"), "grant": grant})  # fmt: skip
+        body = _without_none(
+            {
+                "asset": asset,
+                "units": units,
+                "revenue": to_micros(revenue, "revenue"),
+                "grant": grant,
+            }
+        )
         return self._add("usage.recorded", body, id)
 
-    def close_settlement(self, run: int, cut: int, statements_root: str, *, id: str | None = None
-                         ) -> str:  # fmt: skip
+    def close_settlement(
+        self, run: int, cut: int, statements_root: str, *, id: str | None = None
+    ) -> str:
         body = {"run": run, "cut": cut, "statements_root": statements_root}
         return self._add("settlement.closed", body, id)
 
     def submit(self, event: Mapping[str, Any]) -> str:
         """Add an event given as a dict (`type`, `body`, optional `id`, `occurred_at`)."""
-        return self._add(str(event.get("type")), event.get("body"), event.get("id"),
-                         event.get("occurred_at"))  # fmt: skip
+        return self._add(
+            str(event.get("type")), event.get("body"), event.get("id"), event.get("occurred_at")
+        )
 
     def append_events(self, events: Sequence[Event]) -> list[AppendResult]:
         """Sign and send ready-made events now, in batches, after anything buffered."""
@@ -217,10 +255,15 @@ class Client:
     # --- buffering, signing, retrying ---------------------------------------------------------
 
     def _add(self, type_: str, body: Any, id: str | None, occurred_at: Any = None) -> str:
-        event = parse_event({
-            "id": id if id is not None else uuid7(), "type": type_, "actor": self.party,
-            "occurred_at": occurred_at or format_timestamp(datetime.now(UTC)), "body": body,
-        })  # fmt: skip
+        event = parse_event(
+            {
+                "id": id if id is not None else uuid7(),
+                "type": type_,
+                "actor": self.party,
+                "occurred_at": occurred_at or format_timestamp(datetime.now(UTC)),
+                "body": body,
+            }
+        )
         with self._lock:
             self._raise_pending()
             if not self._buffer:

@@ -131,8 +131,16 @@ def _split(effects: Sequence[Effect]) -> tuple[list[Any], ...]:
     for e in effects:
         if e.usage is not None:
             u = e.usage
-            usage.append({"seq": u.seq, "asset": u.asset, "actor": u.actor, "grant": u.grant,
-                          "units": u.units, "revenue": u.revenue})  # fmt: skip
+            usage.append(
+                {
+                    "seq": u.seq,
+                    "asset": u.asset,
+                    "actor": u.actor,
+                    "grant": u.grant,
+                    "units": u.units,
+                    "revenue": u.revenue,
+                }
+            )
             continue
         if e.party is not None:
             new_parties.append(e.party)
@@ -149,14 +157,27 @@ def _split(effects: Sequence[Effect]) -> tuple[list[Any], ...]:
 
 
 def _party_row(p: Party) -> dict[str, Any]:
-    return {"party": p.party, "kind": p.kind, "name": p.name, "public_key": p.public_key,
-            "seq": p.seq}  # fmt: skip
+    return {
+        "party": p.party,
+        "kind": p.kind,
+        "name": p.name,
+        "public_key": p.public_key,
+        "seq": p.seq,
+    }
 
 
 def _asset_row(a: Asset) -> dict[str, Any]:
     meta = _json_text(a.metadata) if a.metadata is not None else None
-    return {"asset": a.asset, "kind": a.kind, "owner": a.owner, "content_hash": a.content_hash,
-            "uri": a.uri, "metadata": meta, "parents": a.parents, "seq": a.seq}  # fmt: skip
+    return {
+        "asset": a.asset,
+        "kind": a.kind,
+        "owner": a.owner,
+        "content_hash": a.content_hash,
+        "uri": a.uri,
+        "metadata": meta,
+        "parents": a.parents,
+        "seq": a.seq,
+    }
 
 
 def _grant_row(g: Grant) -> dict[str, Any]:
@@ -175,6 +196,14 @@ def _grant_row(g: Grant) -> dict[str, Any]:
 
 
 def _edge_row(e: Edge) -> dict[str, Any]:
-    return {"child": e.child, "parent": e.parent, "weight": e.weight,
-            "norm_num": str(e.norm.numerator), "norm_den": str(e.norm.denominator),
-            "grant": e.grant, "share": e.share, "terms": _json_text(e.terms), "seq": e.seq}  # fmt: skip
+    return {
+        "child": e.child,
+        "parent": e.parent,
+        "weight": e.weight,
+        "norm_num": str(e.norm.numerator),
+        "norm_den": str(e.norm.denominator),
+        "grant": e.grant,
+        "share": e.share,
+        "terms": _json_text(e.terms),
+        "seq": e.seq,
+    }

@@ -132,7 +132,8 @@ class State:
 
     def prefetch(self, batch: Iterable[ev.Event]) -> None:
         """Load in one query per table what a batch will look up (asset and grant ids)."""
-        asset_ids, grant_ids = set(), set()
+        asset_ids: set[str] = set()
+        grant_ids: set[str] = set()
         for e in batch:
             body = e.body
             if isinstance(body, ev.UsageRecordedBody | ev.ConsentGrantedBody):
@@ -285,9 +286,16 @@ def _consent_granted(e: ev.ConsentGranted, seq: int, state: State) -> Effect:
         raise RuleViolation(e.id, "body.grantee", "grantee-registered", f"no party {b.grantee!r}")
     terms = b.terms.model_dump(exclude_none=True)
     grant = Grant(
-        b.grant, b.asset, e.actor, b.grantee, frozenset(b.purposes), terms,
-        b.valid_from, b.valid_until, seq,
-    )  # fmt: skip
+        b.grant,
+        b.asset,
+        e.actor,
+        b.grantee,
+        frozenset(b.purposes),
+        terms,
+        b.valid_from,
+        b.valid_until,
+        seq,
+    )
     return Effect(grant=grant)
 
 
@@ -334,9 +342,13 @@ def _derivation_grant(
     if grant is None:
         raise RuleViolation(e.id, f"{where}.grant", "grant-exists", f"no grant {p.grant!r}")
     if grant.asset != p.asset:
-        raise RuleViolation(e.id, f"{where}.grant", "grant-for-asset", f"grant is for {grant.asset!r}")
+        raise RuleViolation(
+            e.id, f"{where}.grant", "grant-for-asset", f"grant is for {grant.asset!r}"
+        )
     if grant.grantee not in (e.actor, ev.ANYONE):
-        raise RuleViolation(e.id, f"{where}.grant", "grant-names-actor", f"grantee {grant.grantee!r}")
+        raise RuleViolation(
+            e.id, f"{where}.grant", "grant-names-actor", f"grantee {grant.grantee!r}"
+        )
     if e.body.purpose not in grant.purposes:
         raise RuleViolation(e.id, f"{where}.grant", "grant-covers-purpose", e.body.purpose)
     if not grant.live_at(recorded_at):
@@ -352,7 +364,9 @@ def _usage_recorded(e: ev.UsageRecorded, seq: int, recorded_at: str, state: Stat
     if asset.owner == e.actor:
         grant_id = b.grant
         if grant_id is not None:
-            raise RuleViolation(e.id, "body.grant", "owner-uses-without-grant", "owner named a grant")
+            raise RuleViolation(
+                e.id, "body.grant", "owner-uses-without-grant", "owner named a grant"
+            )
     elif b.grant is not None:
         grant_id = _named_use_grant(e, b.grant, recorded_at, state).grant
     else:
@@ -385,9 +399,11 @@ def _resolve_use_grant(e: ev.UsageRecorded, recorded_at: str, state: State) -> G
     ]
     if not candidates:
         raise RuleViolation(
-            e.id, "body.grant", "live-use-grant",
+            e.id,
+            "body.grant",
+            "live-use-grant",
             f"no live infer/generate grant on {e.body.asset!r} for {e.actor!r}",
-        )  # fmt: skip
+        )
     return max(candidates, key=lambda g: (g.grantee != ev.ANYONE, g.seq))
 
 

@@ -176,7 +176,8 @@ def _install_sqlite_guards(conn: Connection, tables: Sequence[str]) -> None:
 def _install_pg_guards(conn: Connection, tables: Sequence[str]) -> None:
     conn.exec_driver_sql(
         "CREATE OR REPLACE FUNCTION edvex_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
-        "BEGIN RAISE EXCEPTION 'edvex: %% is append-only (%% refused)', TG_TABLE_NAME, TG_OP; END $$"
+        "BEGIN RAISE EXCEPTION 'edvex: %% is append-only (%% refused)', TG_TABLE_NAME, TG_OP; "
+        "END $$"
     )
     for table in tables:
         conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")

@@ -212,10 +212,15 @@ class Ledger:
                     return False
                 conn.execute(
                     insert(s.log_head).values(
-                        id=1, size=0, batches=0, recorded_at="", frontier=b"",
-                        currency=currency, origin=origin,
+                        id=1,
+                        size=0,
+                        batches=0,
+                        recorded_at="",
+                        frontier=b"",
+                        currency=currency,
+                        origin=origin,
                     )
-                )  # fmt: skip
+                )
                 return True
         except SQLAlchemyError as e:
             raise _translate(e) from e
@@ -224,12 +229,20 @@ class Ledger:
         """Create the log and register the operator party; False when it already existed."""
         created = self.create(currency, f"edvex/{operator.public_hex[:16]}")
         if self.party(OPERATOR) is None:
-            event = parse_event({
-                "id": uuid7(), "type": "party.registered", "actor": OPERATOR,
-                "occurred_at": format_timestamp(self._clock()),
-                "body": {"party": OPERATOR, "kind": "operator", "public_key": operator.public_hex,
-                         "name": "operator"},
-            })  # fmt: skip
+            event = parse_event(
+                {
+                    "id": uuid7(),
+                    "type": "party.registered",
+                    "actor": OPERATOR,
+                    "occurred_at": format_timestamp(self._clock()),
+                    "body": {
+                        "party": OPERATOR,
+                        "kind": "operator",
+                        "public_key": operator.public_hex,
+                        "name": "operator",
+                    },
+                }
+            )
             self.append(SignedBatch.sign(OPERATOR, operator, [event]))
         return created
 
@@ -240,7 +253,9 @@ class Ledger:
         try:
             row = conn.execute(q).first()
         except SQLAlchemyError as e:
-            raise StoreError(f"the database has no EDVEX log; run `edvex init` first ({_first_line(e)})") from e
+            raise StoreError(
+                f"the database has no EDVEX log; run `edvex init` first ({_first_line(e)})"
+            ) from e
         if row is None:
             raise StoreError("the database has no EDVEX log; run `edvex init` first")
         frontier = merkle.Frontier.from_bytes(row.size, row.frontier)
@@ -291,8 +306,11 @@ class Ledger:
         ids = set()
         for e in batch.events:
             if e.actor != batch.actor:
-                raise InvalidEvent(e.id, "actor", f"all events of a batch have one actor "
-                                   f"({batch.actor!r}), got {e.actor!r}")  # fmt: skip
+                raise InvalidEvent(
+                    e.id,
+                    "actor",
+                    f"all events of a batch have one actor ({batch.actor!r}), got {e.actor!r}",
+                )
             if e.id in ids:
                 raise InvalidEvent(e.id, "id", "the id appears twice in one batch")
             ids.add(e.id)
@@ -330,19 +348,34 @@ class Ledger:
         for i, (e, sd, h) in enumerate(zip(batch.events, signed, batch.hashes, strict=True)):
             leaf = merkle.leaf_hash(canonical_bytes({**sd, "recorded_at": recorded_at}))
             leaves.append(leaf)
-            rows.append({
-                "seq": first + i, "id": e.id, "type": e.type, "actor": e.actor,
-                "occurred_at": e.occurred_at, "recorded_at": recorded_at,
-                "body": canonical_bytes(sd["body"]).decode(), "hash": h, "leaf": leaf,
-                "batch": number,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "seq": first + i,
+                    "id": e.id,
+                    "type": e.type,
+                    "actor": e.actor,
+                    "occurred_at": e.occurred_at,
+                    "recorded_at": recorded_at,
+                    "body": canonical_bytes(sd["body"]).decode(),
+                    "hash": h,
+                    "leaf": leaf,
+                    "batch": number,
+                }
+            )
         last = first + len(rows) - 1
         frontier = merkle.Frontier(head.frontier.size, list(head.frontier.hashes))
         nodes = [n for n in frontier.extend(leaves) if n[0] >= NODE_LEVEL]
-        conn.execute(insert(s.batches).values(
-            batch=number, actor=batch.actor, key=batch.key, digest=batch.digest,
-            signature=batch.signature, first_seq=first, last_seq=last,
-        ))  # fmt: skip
+        conn.execute(
+            insert(s.batches).values(
+                batch=number,
+                actor=batch.actor,
+                key=batch.key,
+                digest=batch.digest,
+                signature=batch.signature,
+                first_seq=first,
+                last_seq=last,
+            )
+        )
         conn.execute(insert(s.events), rows)
         if nodes:
             conn.execute(
@@ -351,8 +384,9 @@ class Ledger:
         conn.execute(
             update(s.log_head)
             .where(s.log_head.c.id == 1)
-            .values(size=last, batches=number, recorded_at=recorded_at,
-                    frontier=frontier.to_bytes())  # fmt: skip
+            .values(
+                size=last, batches=number, recorded_at=recorded_at, frontier=frontier.to_bytes()
+            )
         )
         return AppendResult(number, tuple(range(first, last + 1)), recorded_at)
 
@@ -404,7 +438,9 @@ class Ledger:
 
     def parties(self) -> list[Mapping[str, Any]]:
         with self._read() as conn:
-            return [r._asdict() for r in conn.execute(select(s.parties).order_by(s.parties.c.party))]
+            return [
+                r._asdict() for r in conn.execute(select(s.parties).order_by(s.parties.c.party))
+            ]
 
     def asset(self, asset: str) -> Mapping[str, Any] | None:
         with self._read() as conn:
@@ -468,7 +504,7 @@ class Ledger:
             return merkle.root(size, self._node_getter(conn))
 
     def inclusion_proof(self, seq: int, size: int | None = None) -> dict[str, Any]:
-        """RFC 9162 section 2.1.3 proof of event `seq` (leaf index seq - 1) in the tree of `size`."""
+        """RFC 9162 section 2.1.3 proof of event `seq` (leaf index seq - 1) in the tree of size."""
         with self._read() as conn:
             size = self._size_arg(self._head(conn), size)
             if not 1 <= seq <= size:
@@ -476,8 +512,13 @@ class Ledger:
             get = self._node_getter(conn)
             proof = merkle.inclusion_proof(seq - 1, size, get)
             leaf = self._node(conn, 0, seq - 1)
-            return {"leaf_index": seq - 1, "tree_size": size, "leaf_hash": leaf.hex(),
-                    "root": merkle.root(size, get).hex(), "proof": [p.hex() for p in proof]}  # fmt: skip
+            return {
+                "leaf_index": seq - 1,
+                "tree_size": size,
+                "leaf_hash": leaf.hex(),
+                "root": merkle.root(size, get).hex(),
+                "proof": [p.hex() for p in proof],
+            }
 
     def consistency_proof(self, size1: int, size2: int | None = None) -> dict[str, Any]:
         """RFC 9162 section 2.1.4 proof that the tree of size2 extends the tree of size1."""
@@ -488,8 +529,13 @@ class Ledger:
                 raise InvalidEvent(None, "size", f"size {size1} is not in 1..{size2}")
             get = self._node_getter(conn)
             proof = merkle.consistency_proof(size1, size2, get)
-            return {"size1": size1, "size2": size2, "root1": merkle.root(size1, get).hex(),
-                    "root2": merkle.root(size2, get).hex(), "proof": [p.hex() for p in proof]}  # fmt: skip
+            return {
+                "size1": size1,
+                "size2": size2,
+                "root1": merkle.root(size1, get).hex(),
+                "root2": merkle.root(size2, get).hex(),
+                "proof": [p.hex() for p in proof],
+            }
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -509,8 +555,9 @@ class Ledger:
             get = self._node_getter(conn)
             self._check_agrees_with_last(conn, get)
             root = merkle.root(size, get)
-            note = sign_checkpoint(Checkpoint(head.origin, size, root), head.origin,
-                                   operator.signing_key)  # fmt: skip
+            note = sign_checkpoint(
+                Checkpoint(head.origin, size, root), head.origin, operator.signing_key
+            )
             conn.execute(insert(s.checkpoints).values(size=size, root=root, note=note))
             return {"size": size, "root": root.hex(), "note": note}
 
@@ -575,8 +622,9 @@ class Ledger:
             got = stored.pop((level, idx), None)
             if got != h:
                 what = "missing" if got is None else "differs"
-                raise IntegrityError((idx << level) + 1, "tree", f"stored node {what} "
-                                     f"(level {level}, index {idx})")  # fmt: skip
+                raise IntegrityError(
+                    (idx << level) + 1, "tree", f"stored node {what} (level {level}, index {idx})"
+                )
         auditor.new_nodes.clear()
 
     @staticmethod
@@ -586,7 +634,9 @@ class Ledger:
         if head.root != report.root:
             raise IntegrityError(head.size, "tree root", "head frontier differs from the events")
         if head.batches != report.batches:
-            raise IntegrityError(None, "batches", f"head says {head.batches}, found {report.batches}")
+            raise IntegrityError(
+                None, "batches", f"head says {head.batches}, found {report.batches}"
+            )
 
     def _compare_checkpoints(self, conn: Connection, auditor: Auditor, report: AuditReport) -> None:
         get = self._node_getter(conn)
@@ -594,8 +644,12 @@ class Ledger:
             if row.size > report.size or merkle.root(row.size, get) != bytes(row.root):
                 raise IntegrityError(row.size, "checkpoint", "signed root differs from the log")
 
-    def restore(self, records: Iterable[BatchRecord | EventRecord], currency: str,
-                origin: str = "edvex/restored") -> AuditReport:  # fmt: skip
+    def restore(
+        self,
+        records: Iterable[BatchRecord | EventRecord],
+        currency: str,
+        origin: str = "edvex/restored",
+    ) -> AuditReport:
         """Load an exported log into this empty database, checking every hash and signature on
         the way, then replay it into the projections (rules included)."""
         self.create(currency, origin)
@@ -607,10 +661,17 @@ class Ledger:
             for rec in records:
                 if isinstance(rec, BatchRecord):
                     auditor.batch(rec)
-                    conn.execute(insert(s.batches).values(
-                        batch=rec.batch, actor=rec.actor, key=rec.key, digest=rec.digest,
-                        signature=rec.signature, first_seq=rec.first_seq, last_seq=rec.last_seq,
-                    ))  # fmt: skip
+                    conn.execute(
+                        insert(s.batches).values(
+                            batch=rec.batch,
+                            actor=rec.actor,
+                            key=rec.key,
+                            digest=rec.digest,
+                            signature=rec.signature,
+                            first_seq=rec.first_seq,
+                            last_seq=rec.last_seq,
+                        )
+                    )
                     continue
                 leaf = auditor.event(rec)
                 rows.append(_event_row(rec, leaf))
@@ -618,10 +679,16 @@ class Ledger:
                     self._restore_rows(conn, auditor, rows)
             self._restore_rows(conn, auditor, rows)
             report = auditor.finish()
-            conn.execute(update(s.log_head).where(s.log_head.c.id == 1).values(
-                size=report.size, batches=report.batches, recorded_at=auditor.last_recorded_at,
-                frontier=auditor.frontier.to_bytes(),
-            ))  # fmt: skip
+            conn.execute(
+                update(s.log_head)
+                .where(s.log_head.c.id == 1)
+                .values(
+                    size=report.size,
+                    batches=report.batches,
+                    recorded_at=auditor.last_recorded_at,
+                    frontier=auditor.frontier.to_bytes(),
+                )
+            )
         self.rebuild()
         return report
 
@@ -630,8 +697,11 @@ class Ledger:
         if rows:
             conn.execute(insert(s.events), rows)
             rows.clear()
-        nodes = [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in auditor.new_nodes
-                 if lv >= NODE_LEVEL]  # fmt: skip
+        nodes = [
+            {"level": lv, "idx": ix, "hash": h}
+            for lv, ix, h in auditor.new_nodes
+            if lv >= NODE_LEVEL
+        ]
         if nodes:
             conn.execute(insert(s.tree_nodes), nodes)
         auditor.new_nodes.clear()
@@ -644,7 +714,9 @@ class Ledger:
             state = State(EmptySource())
             firsts = {
                 r.first_seq: (r.actor, r.key)
-                for r in conn.execute(select(s.batches.c.first_seq, s.batches.c.actor, s.batches.c.key))
+                for r in conn.execute(
+                    select(s.batches.c.first_seq, s.batches.c.actor, s.batches.c.key)
+                )
             }
             for start in range(1, head.size + 1, _READ_CHUNK):
                 q = (
@@ -668,28 +740,56 @@ class Ledger:
 
 
 def _event_row(rec: EventRecord, leaf: bytes) -> dict[str, Any]:
-    return {"seq": rec.seq, "id": rec.id, "type": rec.type, "actor": rec.actor,
-            "occurred_at": rec.occurred_at, "recorded_at": rec.recorded_at,
-            "body": canonical_bytes(rec.body).decode(), "hash": rec.hash, "leaf": leaf,
-            "batch": rec.batch}  # fmt: skip
+    return {
+        "seq": rec.seq,
+        "id": rec.id,
+        "type": rec.type,
+        "actor": rec.actor,
+        "occurred_at": rec.occurred_at,
+        "recorded_at": rec.recorded_at,
+        "body": canonical_bytes(rec.body).decode(),
+        "hash": rec.hash,
+        "leaf": leaf,
+        "batch": rec.batch,
+    }
 
 
 def _signed_from_row(row: Any) -> dict[str, Any]:
-    return {"id": row.id, "type": row.type, "actor": row.actor,
-            "occurred_at": row.occurred_at, "body": json.loads(row.body)}  # fmt: skip
+    return {
+        "id": row.id,
+        "type": row.type,
+        "actor": row.actor,
+        "occurred_at": row.occurred_at,
+        "body": json.loads(row.body),
+    }
 
 
 def _event_record(row: Any) -> EventRecord:
     return EventRecord(
-        seq=row.seq, id=row.id, type=row.type, actor=row.actor, occurred_at=row.occurred_at,
-        recorded_at=row.recorded_at, body=json.loads(row.body), hash=bytes(row.hash),
-        batch=row.batch, body_text=row.body, leaf=bytes(row.leaf),
-    )  # fmt: skip
+        seq=row.seq,
+        id=row.id,
+        type=row.type,
+        actor=row.actor,
+        occurred_at=row.occurred_at,
+        recorded_at=row.recorded_at,
+        body=json.loads(row.body),
+        hash=bytes(row.hash),
+        batch=row.batch,
+        body_text=row.body,
+        leaf=bytes(row.leaf),
+    )
 
 
 def _batch_record(row: Any) -> BatchRecord:
-    return BatchRecord(row.batch, row.actor, row.key, bytes(row.digest), bytes(row.signature),
-                       row.first_seq, row.last_seq)  # fmt: skip
+    return BatchRecord(
+        row.batch,
+        row.actor,
+        row.key,
+        bytes(row.digest),
+        bytes(row.signature),
+        row.first_seq,
+        row.last_seq,
+    )
 
 
 def _checkpoint_dict(row: Any) -> dict[str, Any]:
@@ -704,5 +804,3 @@ def _first_line(e: SQLAlchemyError) -> str:
 
 def _translate(e: SQLAlchemyError) -> LedgerError:
     return StoreError(f"database error: {_first_line(e)}")
-
-

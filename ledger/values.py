@@ -15,7 +15,9 @@ from decimal import Decimal
 from fractions import Fraction
 
 MICROS = 1_000_000
-MAX_MICROS = 2**53 - 1  # canonical JSON carries integers exactly up to here (RFC 8785 section 3.2.2.3)
+MAX_MICROS = (
+    2**53 - 1
+)  # canonical JSON carries integers exactly up to here (RFC 8785 section 3.2.2.3)
 MAX_ID = 128
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _MIN_YEAR, _MAX_YEAR = 1970, 2199
@@ -53,8 +55,8 @@ def text(value: object, what: str, limit: int) -> str:
 
 
 def _split_decimal(value: object, what: str) -> tuple[str, str]:
-    if isinstance(value, bool) or isinstance(value, float):
-        raise ValueError(f"{what} must be a decimal string such as \"0.25\", not a {_kind(value)}")
+    if isinstance(value, bool | float):
+        raise ValueError(f'{what} must be a decimal string such as "0.25", not a {_kind(value)}')
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{what} must not be negative, got {value}")
@@ -70,14 +72,16 @@ def _split_decimal(value: object, what: str) -> tuple[str, str]:
     m = _DECIMAL.fullmatch(value)
     if m is None:
         raise ValueError(
-            f"{what} must be a plain non-negative decimal like \"12.34\" (no sign or exponent), "
+            f'{what} must be a plain non-negative decimal like "12.34" (no sign or exponent), '
             f"got {value!r}"
         )
     return m.group(1), m.group(2) or ""
 
 
 def _kind(value: object) -> str:
-    return {bool: "boolean", float: "float"}.get(type(value), type(value).__name__)
+    if isinstance(value, bool):
+        return "boolean"
+    return "float" if isinstance(value, float) else type(value).__name__
 
 
 def amount_micros(value: object, what: str = "amount") -> int:

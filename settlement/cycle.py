@@ -119,8 +119,16 @@ def _value_from_use(src: CycleSource, cycle: Cycle) -> dict[str, int]:
     return value
 
 
-def _fee(cycle: Cycle, value: dict[str, int], payer: str, payee: str, asset: str, grant: str,
-         units: int, fee: int) -> None:  # fmt: skip
+def _fee(
+    cycle: Cycle,
+    value: dict[str, int],
+    payer: str,
+    payee: str,
+    asset: str,
+    grant: str,
+    units: int,
+    fee: int,
+) -> None:
     if fee > 0:
         cycle.postings.append(Posting(payer, payee, "fee", asset, asset, fee, grant, units))
         value[asset] += fee
@@ -186,10 +194,12 @@ def statement_lines(cycle: Cycle) -> dict[str, list[dict[str, Any]]]:
         lines[owner].append(_line("revenue", asset, owner, asset, amount, units))
     for p in cycle.postings:
         if p.kind == "fee":
-            lines[p.payer].append(_line("fee_out", p.asset, p.payee, p.via, p.amount, p.units,
-                                        p.grant))  # fmt: skip
-            lines[p.payee].append(_line("fee_in", p.asset, p.payer, p.via, p.amount, p.units,
-                                        p.grant))  # fmt: skip
+            lines[p.payer].append(
+                _line("fee_out", p.asset, p.payee, p.via, p.amount, p.units, p.grant)
+            )
+            lines[p.payee].append(
+                _line("fee_in", p.asset, p.payer, p.via, p.amount, p.units, p.grant)
+            )
         else:
             lines[p.payer].append(_line("royalty_out", p.via, p.payee, p.asset, p.amount))
             lines[p.payee].append(_line("royalty_in", p.asset, p.payer, p.via, p.amount))
@@ -199,10 +209,22 @@ def statement_lines(cycle: Cycle) -> dict[str, list[dict[str, Any]]]:
     return lines
 
 
-def _line(kind: str, asset: str, counterparty: str, via: str, amount: int,
-          units: int | None = None, grant: str | None = None) -> dict[str, Any]:  # fmt: skip
-    line: dict[str, Any] = {"kind": kind, "asset": asset, "counterparty": counterparty,
-                            "via": via, "amount": amount}  # fmt: skip
+def _line(
+    kind: str,
+    asset: str,
+    counterparty: str,
+    via: str,
+    amount: int,
+    units: int | None = None,
+    grant: str | None = None,
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "kind": kind,
+        "asset": asset,
+        "counterparty": counterparty,
+        "via": via,
+        "amount": amount,
+    }
     if units is not None:
         line["units"] = units
     if grant is not None:
@@ -213,7 +235,14 @@ def _line(kind: str, asset: str, counterparty: str, via: str, amount: int,
 def build_statements(cycle: Cycle, currency: str, root: bytes) -> list[dict[str, Any]]:
     """Unsigned statements, one per party with any line, in party order."""
     return [
-        statements.build(run=cycle.run, party=party, currency=currency,
-                         from_seq=cycle.cut_prev + 1, to_seq=cycle.cut, root=root, lines=lines)
+        statements.build(
+            run=cycle.run,
+            party=party,
+            currency=currency,
+            from_seq=cycle.cut_prev + 1,
+            to_seq=cycle.cut,
+            root=root,
+            lines=lines,
+        )
         for party, lines in sorted(statement_lines(cycle).items())
-    ]  # fmt: skip
+    ]

@@ -51,8 +51,13 @@ def build_market(ledger: Ledger, keys: dict[str, KeyPair], cfg: DemoConfig) -> N
     rng = random.Random(cfg.seed)
     for party in ("agg-a", "agg-b", "dev-1", "dev-2", "deployer-1"):
         keys[party] = KeyPair.generate()
-    kinds = {"agg-a": "aggregator", "agg-b": "aggregator", "dev-1": "developer",
-             "dev-2": "developer", "deployer-1": "deployer"}  # fmt: skip
+    kinds = {
+        "agg-a": "aggregator",
+        "agg-b": "aggregator",
+        "dev-1": "developer",
+        "dev-2": "developer",
+        "deployer-1": "deployer",
+    }
     for party, kind in kinds.items():
         with _client(ledger, keys, party) as c:
             c.register_party(kind)
@@ -67,11 +72,25 @@ def build_market(ledger: Ledger, keys: dict[str, KeyPair], cfg: DemoConfig) -> N
             c.register_party("creator")
             c.register_asset(item, "data", uri=f"https://example.org/items/{i}")
             if i < half + cfg.creators // 4:
-                parents_a.append((item, weight, c.grant_consent(
-                    item, "agg-a", ["derive"], share="0.5", grant=f"g-{item}-a")))  # fmt: skip
+                parents_a.append(
+                    (
+                        item,
+                        weight,
+                        c.grant_consent(
+                            item, "agg-a", ["derive"], share="0.5", grant=f"g-{item}-a"
+                        ),
+                    )
+                )
             if i >= half - cfg.creators // 4:
-                parents_b.append((item, weight, c.grant_consent(
-                    item, "agg-b", ["derive"], share="0.35", grant=f"g-{item}-b")))  # fmt: skip
+                parents_b.append(
+                    (
+                        item,
+                        weight,
+                        c.grant_consent(
+                            item, "agg-b", ["derive"], share="0.35", grant=f"g-{item}-b"
+                        ),
+                    )
+                )
     # One creator withdraws consent from agg-b before dataset B is built.
     item, _, grant = parents_b.pop()
     with _client(ledger, keys, f"creator-{item[5:]}") as c:
@@ -82,20 +101,32 @@ def build_market(ledger: Ledger, keys: dict[str, KeyPair], cfg: DemoConfig) -> N
         c.grant_consent("dataset-a", "dev-2", ["train"], share="0.12", grant="g-dataset-a-dev-2")
     with _client(ledger, keys, "agg-b") as c:
         c.derive("dataset-b", "dataset", "derive", parents_b)
-        c.grant_consent("dataset-b", "dev-2", ["train", "finetune"], share="0.15",
-                        grant="g-dataset-b-dev-2")  # fmt: skip
+        c.grant_consent(
+            "dataset-b", "dev-2", ["train", "finetune"], share="0.15", grant="g-dataset-b-dev-2"
+        )
     with _client(ledger, keys, "dev-1") as c:
         c.derive("model-1", "model", "train", [("dataset-a", 1, "g-dataset-a-dev-1")])
     with _client(ledger, keys, "dev-2") as c:
-        c.derive("model-2", "model", "train",
-                 [("dataset-a", 3, "g-dataset-a-dev-2"), ("dataset-b", 2, "g-dataset-b-dev-2")])
-        c.grant_consent("model-2", "deployer-1", ["infer", "generate"], share="0.05",
-                        tiers=[(100_000, "0.0004"), (1_000_000, "0.0003"), (None, "0.0002")],
-                        minimum="25.00", grant="g-model-2-deployer-1")  # fmt: skip
+        c.derive(
+            "model-2",
+            "model",
+            "train",
+            [("dataset-a", 3, "g-dataset-a-dev-2"), ("dataset-b", 2, "g-dataset-b-dev-2")],
+        )
+        c.grant_consent(
+            "model-2",
+            "deployer-1",
+            ["infer", "generate"],
+            share="0.05",
+            tiers=[(100_000, "0.0004"), (1_000_000, "0.0003"), (None, "0.0002")],
+            minimum="25.00",
+            grant="g-model-2-deployer-1",
+        )
 
 
-def record_usage(ledger: Ledger, keys: dict[str, KeyPair], cfg: DemoConfig,
-                 progress: Progress | None) -> int:  # fmt: skip
+def record_usage(
+    ledger: Ledger, keys: dict[str, KeyPair], cfg: DemoConfig, progress: Progress | None
+) -> int:
     """The deployer's metered use of model-2, and dev-1's own use of model-1 with revenue."""
     rng = random.Random(cfg.seed + 1)
     total = cfg.deployer_events + cfg.owner_events
@@ -116,8 +147,9 @@ def record_usage(ledger: Ledger, keys: dict[str, KeyPair], cfg: DemoConfig,
     return total
 
 
-def run_demo(ledger: Ledger, operator: KeyPair, cfg: DemoConfig,
-             progress: Progress | None = None) -> DemoResult:  # fmt: skip
+def run_demo(
+    ledger: Ledger, operator: KeyPair, cfg: DemoConfig, progress: Progress | None = None
+) -> DemoResult:
     """Build, record, settle, verify every statement, report."""
     result = DemoResult(keys={})
     build_market(ledger, result.keys, cfg)

@@ -41,11 +41,16 @@ class Equity:
             "run": self.run,
             "arrived": self.arrived,
             "kinds": [
-                {"kind": r.kind, "parties": r.parties, "retained": r.retained,
-                 "share": f"{r.share.numerator}/{r.share.denominator}", "percent": r.percent()}
+                {
+                    "kind": r.kind,
+                    "parties": r.parties,
+                    "retained": r.retained,
+                    "share": f"{r.share.numerator}/{r.share.denominator}",
+                    "percent": r.percent(),
+                }
                 for r in self.rows
             ],
-        }  # fmt: skip
+        }
 
 
 def equity(ledger: Ledger, run: int | None = None) -> Equity:
@@ -69,9 +74,13 @@ def equity(ledger: Ledger, run: int | None = None) -> Equity:
         )
         found = {kind: (int(n), int(total)) for kind, n, total in conn.execute(q)}
     rows = [
-        EquityRow(kind, found.get(kind, (0, 0))[0], found.get(kind, (0, 0))[1],
-                  Fraction(found.get(kind, (0, 0))[1], arrived) if arrived else Fraction(0))
+        EquityRow(
+            kind,
+            found.get(kind, (0, 0))[0],
+            found.get(kind, (0, 0))[1],
+            Fraction(found.get(kind, (0, 0))[1], arrived) if arrived else Fraction(0),
+        )
         for kind in KINDS
         if kind in found or kind in ("creator", "aggregator", "developer", "deployer")
-    ]  # fmt: skip
+    ]
     return Equity(run, int(arrived), rows)

@@ -45,9 +45,14 @@ class RunResult:
     closed_seq: int | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {"run": self.run, "cut": self.cut, "statements": self.statements,
-                "arrived": self.arrived, "postings": self.postings,
-                "closed_seq": self.closed_seq}  # fmt: skip
+        return {
+            "run": self.run,
+            "cut": self.cut,
+            "statements": self.statements,
+            "arrived": self.arrived,
+            "postings": self.postings,
+            "closed_seq": self.closed_seq,
+        }
 
 
 def ensure_tables(ledger: Ledger) -> None:
@@ -76,7 +81,9 @@ def nothing_to_settle(ledger: Ledger, cut_prev: int, cut: int) -> bool:
     return other is None
 
 
-def compute_cycle(ledger: Ledger, run: int, cut_prev: int, cut: int) -> tuple[Cycle, list[dict[str, Any]]]:
+def compute_cycle(
+    ledger: Ledger, run: int, cut_prev: int, cut: int
+) -> tuple[Cycle, list[dict[str, Any]]]:
     """The cycle and its unsigned statements: a pure function of the log up to `cut`."""
     head = ledger.head()
     root = ledger.root_at(cut)
@@ -96,11 +103,15 @@ def settle(ledger: Ledger, operator: KeyPair) -> RunResult:
     cycle, unsigned = compute_cycle(ledger, run, cut_prev, cut)
     signed = [statements.sign(st, operator) for st in unsigned]
     root = statements.statements_root(signed)
-    event = parse_event({
-        "id": f"settlement-run-{run}", "type": "settlement.closed", "actor": OPERATOR,
-        "occurred_at": format_timestamp(ledger.clock()),
-        "body": {"run": run, "cut": cut, "statements_root": root.hex()},
-    })  # fmt: skip
+    event = parse_event(
+        {
+            "id": f"settlement-run-{run}",
+            "type": "settlement.closed",
+            "actor": OPERATOR,
+            "occurred_at": format_timestamp(ledger.clock()),
+            "body": {"run": run, "cut": cut, "statements_root": root.hex()},
+        }
+    )
 
     def record(conn: Connection, result: AppendResult) -> None:
         _record_run(conn, cycle, signed, root, result.seqs[0])
@@ -112,39 +123,67 @@ def settle(ledger: Ledger, operator: KeyPair) -> RunResult:
     if result.duplicate:
         raise SettlementConflict(run)
     ledger.checkpoint(operator, cut)
-    return RunResult(run, cut, len(signed), cycle.arrived_from_use, len(cycle.postings),
-                     result.seqs[0])  # fmt: skip
+    return RunResult(
+        run, cut, len(signed), cycle.arrived_from_use, len(cycle.postings), result.seqs[0]
+    )
 
 
-def _record_run(conn: Connection, cycle: Cycle, signed: list[dict[str, Any]], root: bytes,
-                closed_seq: int) -> None:  # fmt: skip
+def _record_run(
+    conn: Connection, cycle: Cycle, signed: list[dict[str, Any]], root: bytes, closed_seq: int
+) -> None:
     latest = conn.execute(select(func.max(schema.runs.c.run))).scalar()
     if (latest or 0) != cycle.run - 1:
         raise SettlementConflict(cycle.run)
-    conn.execute(insert(schema.runs).values(
-        run=cycle.run, cut_prev=cycle.cut_prev, cut=cycle.cut, statements_root=root,
-        statements=len(signed), arrived=cycle.arrived_from_use, closed_seq=closed_seq,
-    ))  # fmt: skip
+    conn.execute(
+        insert(schema.runs).values(
+            run=cycle.run,
+            cut_prev=cycle.cut_prev,
+            cut=cycle.cut,
+            statements_root=root,
+            statements=len(signed),
+            arrived=cycle.arrived_from_use,
+            closed_seq=closed_seq,
+        )
+    )
     if signed:
         conn.execute(insert(schema.statements), [_statement_row(cycle.run, st) for st in signed])
     if cycle.postings:
-        conn.execute(insert(schema.postings), [
-            {"run": cycle.run, "n": n, "payer": p.payer, "payee": p.payee, "kind": p.kind,
-             "asset": p.asset, "via": p.via, "grant": p.grant, "units": p.units,
-             "amount": p.amount}
-            for n, p in enumerate(cycle.postings, start=1)
-        ])  # fmt: skip
+        conn.execute(
+            insert(schema.postings),
+            [
+                {
+                    "run": cycle.run,
+                    "n": n,
+                    "payer": p.payer,
+                    "payee": p.payee,
+                    "kind": p.kind,
+                    "asset": p.asset,
+                    "via": p.via,
+                    "grant": p.grant,
+                    "units": p.units,
+                    "amount": p.amount,
+                }
+                for n, p in enumerate(cycle.postings, start=1)
+            ],
+        )
 
 
 def _statement_row(run: int, st: Mapping[str, Any]) -> dict[str, Any]:
     totals = st["totals"]
-    return {"run": run, "party": st["party"], "body": statements.statement_bytes(st).decode(),
-            "hash": statements.statement_hash(st), "total_in": totals["in"],
-            "total_out": totals["out"], "total_retained": totals["retained"]}  # fmt: skip
+    return {
+        "run": run,
+        "party": st["party"],
+        "body": statements.statement_bytes(st).decode(),
+        "hash": statements.statement_hash(st),
+        "total_in": totals["in"],
+        "total_out": totals["out"],
+        "total_retained": totals["retained"],
+    }
 
 
-def list_statements(ledger: Ledger, run: int | None = None, party: str | None = None
-                    ) -> list[dict[str, Any]]:  # fmt: skip
+def list_statements(
+    ledger: Ledger, run: int | None = None, party: str | None = None
+) -> list[dict[str, Any]]:
     ensure_tables(ledger)
     st = schema.statements.c
     q = select(st.run, st.party, st.total_in, st.total_out, st.total_retained)
@@ -154,8 +193,16 @@ def list_statements(ledger: Ledger, run: int | None = None, party: str | None = 
         q = q.where(st.party == party)
     with ledger.engine.connect() as conn:
         rows = conn.execute(q.order_by(st.run, st.party)).all()
-    return [{"run": r.run, "party": r.party, "in": r.total_in, "out": r.total_out,
-             "retained": r.total_retained} for r in rows]  # fmt: skip
+    return [
+        {
+            "run": r.run,
+            "party": r.party,
+            "in": r.total_in,
+            "out": r.total_out,
+            "retained": r.total_retained,
+        }
+        for r in rows
+    ]
 
 
 def get_statement(ledger: Ledger, run: int, party: str) -> dict[str, Any] | None:

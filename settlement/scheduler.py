@@ -53,8 +53,9 @@ def make_trigger(every: str | None, cron: str | None) -> BaseTrigger:
 Report = Callable[[str, RunResult | None, LedgerError | None], None]
 
 
-def run_schedule(ledger: Ledger, operator: KeyPair, trigger: BaseTrigger, report: Report,
-                 *, run_now: bool = True) -> None:  # fmt: skip
+def run_schedule(
+    ledger: Ledger, operator: KeyPair, trigger: BaseTrigger, report: Report, *, run_now: bool = True
+) -> None:
     """Block, settling on each firing, until SIGTERM or SIGINT stops it between runs."""
     scheduler = BlockingScheduler(
         timezone="UTC",

@@ -93,8 +93,14 @@ class DbCycleSource:
                 .order_by(e.child, e.parent)
             )
             for r in self._conn.execute(q):
-                out.setdefault(r.child, []).append(LineageEdge(
-                    r.child, r.parent, r.owner, r.parents > 0,
-                    Fraction(int(r.norm_num), int(r.norm_den)), Fraction(r.share),
-                ))  # fmt: skip
+                out.setdefault(r.child, []).append(
+                    LineageEdge(
+                        r.child,
+                        r.parent,
+                        r.owner,
+                        r.parents > 0,
+                        Fraction(int(r.norm_num), int(r.norm_den)),
+                        Fraction(r.share),
+                    )
+                )
         return out

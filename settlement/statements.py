@@ -61,8 +61,10 @@ def unsigned_bytes(statement: Mapping[str, Any]) -> bytes:
 
 def sign(statement: Mapping[str, Any], operator: KeyPair) -> dict[str, Any]:
     signature = operator.sign(unsigned_bytes(statement))
-    return {**unsigned_part(statement),
-            "signature": {"alg": "ed25519", "key": operator.public_hex, "sig": signature.hex()}}  # fmt: skip
+    return {
+        **unsigned_part(statement),
+        "signature": {"alg": "ed25519", "key": operator.public_hex, "sig": signature.hex()},
+    }
 
 
 def statement_bytes(statement: Mapping[str, Any]) -> bytes:
@@ -102,8 +104,14 @@ def check_shape(statement: object) -> Mapping[str, Any]:
         raise InvalidEvent(None, "statement", "must be a JSON object")
     if statement.get("format") != FORMAT:
         raise InvalidEvent(None, "format", f"expected {FORMAT!r}, got {statement.get('format')!r}")
-    for name, kind in (("run", int), ("party", str), ("cycle", Mapping), ("checkpoint", Mapping),
-                       ("lines", list), ("totals", Mapping)):  # fmt: skip
+    for name, kind in (
+        ("run", int),
+        ("party", str),
+        ("cycle", Mapping),
+        ("checkpoint", Mapping),
+        ("lines", list),
+        ("totals", Mapping),
+    ):
         if not isinstance(statement.get(name), kind):
             raise InvalidEvent(None, name, f"missing or not a {kind.__name__}")
     cycle, cp = statement["cycle"], statement["checkpoint"]

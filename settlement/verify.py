@@ -6,7 +6,7 @@ against the log's own Merkle tree, recompute the cycle and require identical byt
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +40,9 @@ def previous_cut(ledger: Ledger, run: int, upto: int) -> int:
     raise StatementMismatch("statement", f"the log has no settlement.closed for run {run - 1}")
 
 
-def verify_statement(statement: Mapping[str, Any], trusted_key: str,
-                     ledger: Ledger | None = None) -> Verified:  # fmt: skip
+def verify_statement(
+    statement: Mapping[str, Any], trusted_key: str, ledger: Ledger | None = None
+) -> Verified:
     """Raise unless the statement is the operator's and, given a log, what the log computes."""
     st = statements.check_shape(statement)
     statements.check_signature(st, trusted_key)
@@ -74,9 +75,10 @@ def _recompute(st: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
     cut_prev = previous_cut(ledger, run, ledger.head().size)
     if st["cycle"]["from_seq"] != cut_prev + 1 or st["checkpoint"]["size"] != cut:
         raise StatementMismatch(
-            "statement", f"run {run} covers seq {cut_prev + 1}..{cut} in the log, "
+            "statement",
+            f"run {run} covers seq {cut_prev + 1}..{cut} in the log, "
             f"statement says {st['cycle']['from_seq']}..{st['checkpoint']['size']}",
-        )  # fmt: skip
+        )
     with ledger.engine.connect() as conn:
         cycle = compute(DbCycleSource(conn), run, cut_prev, cut)
     root = ledger.root_at(cut)
@@ -99,8 +101,9 @@ def _first_difference(got: Mapping[str, Any], want: Mapping[str, Any]) -> str:
     return "bytes differ"
 
 
-def verify_run(ledger: Ledger, run: int, trusted_key: str,
-               stored: list[Mapping[str, Any]]) -> int:  # fmt: skip
+def verify_run(
+    ledger: Ledger, run: int, trusted_key: str, stored: Sequence[Mapping[str, Any]]
+) -> int:
     """Check every statement of a run at once: one recomputation, every signature, every byte,
     and the statements root that the log's settlement.closed event carries."""
     recomputed: dict[str, dict[str, Any]] = {}
@@ -116,14 +119,18 @@ def verify_run(ledger: Ledger, run: int, trusted_key: str,
             built = build_statements(cycle, ledger.head().currency, ledger.root_at(cut))
             recomputed = {b["party"]: b for b in built}
             if len(recomputed) != len(stored):
-                raise StatementMismatch("run", f"{len(stored)} statements, the log gives "
-                                        f"{len(recomputed)}")  # fmt: skip
+                raise StatementMismatch(
+                    "run", f"{len(stored)} statements, the log gives {len(recomputed)}"
+                )
         want = recomputed.get(st["party"])
         if want is None or statements.unsigned_bytes(want) != statements.unsigned_bytes(st):
             detail = _first_difference(st, want) if want else "party has no statement"
             raise StatementMismatch("statement", f"party {st['party']!r}: {detail}")
-    closed = [r for r in ledger.events_of(["settlement.closed"], ledger.head().size)
-              if r.body.get("run") == run]  # fmt: skip
+    closed = [
+        r
+        for r in ledger.events_of(["settlement.closed"], ledger.head().size)
+        if r.body.get("run") == run
+    ]
     if closed and closed[0].body.get("statements_root") != statements.statements_root(stored).hex():
         raise StatementMismatch("run", "statements root differs from the settlement.closed event")
     return len(stored)

@@ -42,8 +42,12 @@ class Market:
 
 def worked_example(m: Market) -> dict[str, str]:
     """DESIGN.md's worked example: c1, c2 -> dataset D (agg) -> model M (dev)."""
-    for name, kind in (("c1", "creator"), ("c2", "creator"), ("agg", "aggregator"),
-                       ("dev", "developer")):
+    for name, kind in (
+        ("c1", "creator"),
+        ("c2", "creator"),
+        ("agg", "aggregator"),
+        ("dev", "developer"),
+    ):
         m.party(name, kind)
     m.do("c1", "register_asset", "item-1", "data")
     m.do("c2", "register_asset", "item-2", "data")

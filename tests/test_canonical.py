@@ -214,7 +214,6 @@ def test_typical_event_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> N
 )
 def test_reference_decides_the_rest(monkeypatch: pytest.MonkeyPatch, value: Any) -> None:
     calls: list[object] = []
-    reference = rfc8785.dumps
 
     def spy(v: Any) -> bytes:
         calls.append(v)
@@ -223,7 +222,6 @@ def test_reference_decides_the_rest(monkeypatch: pytest.MonkeyPatch, value: Any)
     monkeypatch.setattr(rfc8785, "dumps", spy)
     assert canonical_bytes(value) == b"reference"
     assert calls == [value]
-    monkeypatch.setattr(rfc8785, "dumps", reference)
 
 
 # --- loads_strict ---

@@ -129,6 +129,7 @@ class State:
         self._assets: dict[str, Asset | None] = {}
         self._grants: dict[str, Grant | None] = {}
         self._use_grants: dict[tuple[str, str], list[str]] = {}
+        self._made_on: dict[str, set[str]] = {}
 
     def prefetch(self, batch: Iterable[ev.Event]) -> None:
         """Load in one query per table what a batch will look up (asset and grant ids)."""
@@ -173,10 +174,17 @@ class State:
         """Unrevoked grants on `asset` naming `grantee` or anyone, as known now."""
         key = (asset, grantee)
         if key not in self._use_grants:
-            loaded = self._source.load_use_grants(asset, grantee)
-            for g in loaded:
+            ids = []
+            for g in self._source.load_use_grants(asset, grantee):
                 self._grants.setdefault(g.grant, g)  # a version changed in this batch wins
-            self._use_grants[key] = [g.grant for g in loaded]
+                ids.append(g.grant)
+            # grants this State made itself (earlier in the batch, or in a replay)
+            ids += [
+                gid
+                for gid in sorted(self._made_on.get(asset, ()))
+                if gid not in ids and self._grants[gid].grantee in (grantee, ev.ANYONE)  # type: ignore[union-attr]
+            ]
+            self._use_grants[key] = ids
         current = (self._grants[g] for g in self._use_grants[key])
         return [g for g in current if g is not None and g.revoked_seq is None]
 
@@ -193,6 +201,7 @@ class State:
 
     def _add_grant(self, grant: Grant) -> None:
         self._grants[grant.grant] = grant
+        self._made_on.setdefault(grant.asset, set()).add(grant.grant)
         for (asset, grantee), cached in self._use_grants.items():
             if asset == grant.asset and grant.grantee in (grantee, ev.ANYONE):
                 cached.append(grant.grant)

@@ -193,6 +193,12 @@ class Ledger:
         except SQLAlchemyError as e:
             raise _translate(e) from e
 
+    @contextmanager
+    def exclusive(self) -> Iterator[Connection]:
+        """A write transaction holding the head of the log (for settlement's own tables)."""
+        with self._write() as (conn, _head):
+            yield conn
+
     # --- schema -------------------------------------------------------------------------------
 
     def initialised(self) -> bool:
@@ -205,23 +211,20 @@ class Ledger:
     def create(self, currency: str, origin: str) -> bool:
         """Create the schema and the head row; False when the database was already set up."""
         try:
-            with self.engine.begin() as conn:
-                s.metadata.create_all(conn)
-                s.install_guards(conn)
-                if conn.execute(select(s.log_head.c.id)).first() is not None:
-                    return False
-                conn.execute(
-                    insert(s.log_head).values(
-                        id=1,
-                        size=0,
-                        batches=0,
-                        recorded_at="",
-                        frontier=b"",
-                        currency=currency,
-                        origin=origin,
-                    )
-                )
-                return True
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(edvex_write=True)
+                with conn.begin():
+                    s.metadata.create_all(conn)
+                    s.install_guards(conn)
+                    if conn.execute(select(s.log_head.c.id)).first() is not None:
+                        return False
+                    conn.execute(
+                        insert(s.log_head).values(
+                            id=1, size=0, batches=0, recorded_at="", frontier=b"",
+                            currency=currency, origin=origin,
+                        )
+                    )  # fmt: skip
+                    return True
         except SQLAlchemyError as e:
             raise _translate(e) from e
 

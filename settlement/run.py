@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.engine import Connection
 
 from ledger import KeyPair, Ledger, LedgerError, SignedBatch
@@ -56,8 +56,10 @@ class RunResult:
 
 
 def ensure_tables(ledger: Ledger) -> None:
-    with ledger.engine.begin() as conn:
-        schema.create(conn)
+    """Create settlement's tables on first use, under the log's write lock."""
+    if not inspect(ledger.engine).has_table("postings"):
+        with ledger.exclusive() as conn:
+            schema.create(conn)
 
 
 def last_run(ledger: Ledger) -> tuple[int, int]:

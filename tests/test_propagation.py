@@ -65,7 +65,8 @@ def markets(draw: st.DrawFn) -> MemorySource:
              draw(st.sampled_from(["0", "0.1", "0.5", "1", "0.333333", "0.9999999"])))
             for j in sorted(chosen)
         ]  # fmt: skip
-    grant = Grant("g", "a0", "p0", "user", frozenset({"infer"}), {"share": "0.3", "per_unit": "0.0007"},
+    terms = {"share": "0.3", "per_unit": "0.0007"}
+    grant = Grant("g", "a0", "p0", "user", frozenset({"infer"}), terms,
                   "2026-01-01T00:00:00.000000Z", None, 1)  # fmt: skip
     groups = []
     for i in draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=8)):

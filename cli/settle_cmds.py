@@ -84,6 +84,7 @@ def settle_schedule(every: str | None, cron: str | None) -> None:
         except ValueError as e:
             fail(str(e))
         operator = party_key(OPERATOR)
+        as_json = settings().json  # the click context does not reach the scheduler's threads
         led = open_ledger()
 
         def report(
@@ -95,7 +96,7 @@ def settle_schedule(every: str | None, cron: str | None) -> None:
                 doc.update(result.as_json())
             if error is not None:
                 doc["error"] = str(error)
-            if settings().json:
+            if as_json:
                 click.echo(json.dumps(doc))
             else:
                 err.print(f"{stamp} {what} {_describe(result, error)}", markup=False)

@@ -1,0 +1,5 @@
+"""`python -m cli` runs the `edvex` command line."""
+
+from .main import main
+
+main()

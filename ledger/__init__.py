@@ -1,7 +1,6 @@
 """EDVEX's ledger: the append-only, signed event log of consent, lineage and usage."""
 
 from .client import Client, Transport
-from .values import uuid7
 from .errors import (
     ConflictError,
     IntegrityError,
@@ -16,6 +15,7 @@ from .errors import (
 )
 from .keys import KeyPair, read_key, write_key
 from .store import AppendResult, Ledger, SignedBatch
+from .values import uuid7
 
 __all__ = [
     "AppendResult",

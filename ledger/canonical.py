@@ -56,13 +56,17 @@ _SHOW_LIMIT: Final = 60
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def canonical_bytes(value: object) -> bytes:
+def canonical_bytes(value: object, *, shape_known: bool = False) -> bytes:
     """The RFC 8785 canonical UTF-8 bytes of a JSON value (dict, list, tuple, str, int, ...).
+
+    `shape_known=True` skips the walk over the value for callers whose value is built from
+    validated models with ASCII keys, plain str/int/bool/None leaves and no floats (the event
+    models without metadata); orjson still refuses integers outside the exact range.
 
     Raises `rfc8785.CanonicalizationError` (a `ValueError`) for what RFC 8785 cannot encode:
     integers outside +-(2**53 - 1), NaN and infinities, lone surrogates, non-str keys, other types.
     """
-    if _fast_path_safe(value):
+    if shape_known or _fast_path_safe(value):
         try:
             return orjson.dumps(value, option=_ORJSON_OPTIONS)
         except orjson.JSONEncodeError:

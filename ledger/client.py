@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import LedgerError, PartialDuplicate, StoreError
+from .errors import InvalidEvent, LedgerError, PartialDuplicate, StoreError
 from .events import Event, parse_event
 from .keys import KeyPair, read_key
 from .store import AppendResult, Ledger, SignedBatch
@@ -29,13 +29,16 @@ class Transport(Protocol):
     def append(self, batch: SignedBatch) -> AppendResult: ...
 
 
-def to_micros(value: AmountLike | None, what: str) -> int | None:
+def to_micros(value: AmountLike | None, what: str, event_id: str | None = None) -> int | None:
     """SDK amounts are currency units: "0.35", Decimal("0.35") or 3 (three units)."""
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    return amount_micros(value, what)
+    try:
+        return amount_micros(value, what)
+    except ValueError as e:
+        raise InvalidEvent(event_id, f"body.{what}", str(e)) from None
 
 
 class Client:
@@ -162,7 +165,7 @@ class Client:
             {
                 "share": share,
                 "per_unit": per_unit,
-                "minimum": to_micros(minimum, "minimum"),
+                "minimum": to_micros(minimum, "terms.minimum", id),
                 "tiers": [{"up_to": u, "per_unit": p} for u, p in tiers] if tiers else None,
             }
         )
@@ -226,7 +229,7 @@ class Client:
             {
                 "asset": asset,
                 "units": units,
-                "revenue": to_micros(revenue, "revenue"),
+                "revenue": to_micros(revenue, "revenue", id),
                 "grant": grant,
             }
         )

@@ -33,6 +33,7 @@ PURPOSES = ("train", "finetune", "derive", "infer", "generate")
 DERIVE_PURPOSES = frozenset({"derive", "train", "finetune"})
 USE_PURPOSES = frozenset({"infer", "generate"})
 ANYONE = "*"
+OPERATOR = "operator"  # the one operator party, registered by `edvex init`
 _MAX_METADATA_BYTES = 16_384
 
 
@@ -366,18 +367,24 @@ def signed_dict(event: Event) -> dict[str, Any]:
     }
 
 
-def signed_bytes(event: Event) -> bytes:
+def signed_bytes(event: Event, signed: dict[str, Any] | None = None) -> bytes:
     """RFC 8785 bytes of `id, type, actor, occurred_at, body` (DESIGN.md, "The log")."""
-    return canonical_bytes(signed_dict(event))
+    signed = signed_dict(event) if signed is None else signed
+    return canonical_bytes(signed, shape_known=shape_known(event))
 
 
-def event_hash(event: Event) -> bytes:
-    return hashlib.sha256(signed_bytes(event)).digest()
+def event_hash(event: Event, signed: dict[str, Any] | None = None) -> bytes:
+    return hashlib.sha256(signed_bytes(event, signed)).digest()
 
 
-def leaf_bytes(signed: dict[str, Any], recorded_at: str) -> bytes:
+def leaf_bytes(signed: dict[str, Any], recorded_at: str, *, shape_known: bool = False) -> bytes:
     """The Merkle leaf: RFC 8785 of the signed fields plus the ledger's `recorded_at`."""
-    return canonical_bytes({**signed, "recorded_at": recorded_at})
+    return canonical_bytes({**signed, "recorded_at": recorded_at}, shape_known=shape_known)
+
+
+def shape_known(event: Event) -> bool:
+    """Metadata is the only part of an event whose keys the models do not fix."""
+    return getattr(event.body, "metadata", None) is None
 
 
 def batch_digest(hashes: list[bytes]) -> bytes:

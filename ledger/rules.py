@@ -260,6 +260,8 @@ def _party_registered(e: ev.PartyRegistered, seq: int, state: State) -> Effect:
         raise RuleViolation(e.id, "body.party", "party-id-new", "'*' means anyone")
     if state.party(b.party) is not None:
         raise RuleViolation(e.id, "body.party", "party-id-new", f"{b.party!r} exists")
+    if (b.kind == "operator") != (b.party == ev.OPERATOR):
+        raise RuleViolation(e.id, "body.kind", "one-operator", f"only {ev.OPERATOR!r} operates")
     return Effect(party=Party(b.party, b.kind, b.name, b.public_key, seq))
 
 
@@ -418,6 +420,6 @@ def _resolve_use_grant(e: ev.UsageRecorded, recorded_at: str, state: State) -> G
 
 def _settlement_closed(e: ev.SettlementClosed, state: State) -> Effect:
     party = _registered_actor(e, state)
-    if party.kind != "operator":
-        raise RuleViolation(e.id, "actor", "operator-closes-settlement", f"kind {party.kind!r}")
+    if party.party != ev.OPERATOR or party.kind != "operator":
+        raise RuleViolation(e.id, "actor", "operator-closes-settlement", f"actor {party.party!r}")
     return Effect()

@@ -32,14 +32,22 @@ from .errors import (
     PartialDuplicate,
     StoreError,
 )
-from .events import Event, batch_digest, event_hash, parse_event, signed_dict
+from .events import OPERATOR as OPERATOR
+from .events import (
+    Event,
+    batch_digest,
+    event_hash,
+    leaf_bytes,
+    parse_event,
+    shape_known,
+    signed_dict,
+)
 from .keys import KeyPair, verify_signature
 from .projections import DbSource, edge_from_row, grant_from_row, write_effects
 from .rules import EmptySource, Grant, State, check, check_signer
 from .values import format_timestamp, uuid7
 
 DEFAULT_URL = "sqlite:///edvex.db"
-OPERATOR = "operator"
 MAX_BATCH = 100_000
 # Perfect subtrees of at least 2**NODE_LEVEL leaves are stored; smaller ones are recomputed from
 # the leaf hashes kept on each event row when a proof needs them.
@@ -65,8 +73,10 @@ class SignedBatch:
 
     @classmethod
     def sign(cls, actor: str, key: KeyPair, events: Sequence[Event]) -> SignedBatch:
-        unsigned = cls(actor, key.public_hex, tuple(events), b"")
-        return cls(actor, key.public_hex, tuple(events), key.sign(unsigned.digest))
+        batch = cls(actor, key.public_hex, tuple(events), b"")
+        signed = cls(actor, key.public_hex, batch.events, key.sign(batch.digest))
+        signed.__dict__["hashes"] = batch.hashes  # computed once: the events are immutable
+        return signed
 
     @cached_property
     def hashes(self) -> list[bytes]:
@@ -349,7 +359,8 @@ class Ledger:
         number = head.batches + 1
         rows, leaves = [], []
         for i, (e, sd, h) in enumerate(zip(batch.events, signed, batch.hashes, strict=True)):
-            leaf = merkle.leaf_hash(canonical_bytes({**sd, "recorded_at": recorded_at}))
+            known = shape_known(e)
+            leaf = merkle.leaf_hash(leaf_bytes(sd, recorded_at, shape_known=known))
             leaves.append(leaf)
             rows.append(
                 {
@@ -359,7 +370,7 @@ class Ledger:
                     "actor": e.actor,
                     "occurred_at": e.occurred_at,
                     "recorded_at": recorded_at,
-                    "body": canonical_bytes(sd["body"]).decode(),
+                    "body": canonical_bytes(sd["body"], shape_known=known).decode(),
                     "hash": h,
                     "leaf": leaf,
                     "batch": number,

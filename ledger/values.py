@@ -115,8 +115,18 @@ def as_fraction(decimal: str) -> Fraction:
     return Fraction(decimal)
 
 
+_CANONICAL_TS = re.compile(r"(\d{4})-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+
+
 def timestamp(value: object, what: str = "timestamp") -> str:
     """RFC 3339 in UTC with microseconds and Z, e.g. 2026-11-28T17:23:05.123456Z."""
+    if isinstance(value, str) and _CANONICAL_TS.fullmatch(value):
+        try:  # already canonical: check it is a real date and time in range, keep it
+            datetime.fromisoformat(value[:-1])
+        except ValueError:
+            raise ValueError(f"{what} must be an RFC 3339 timestamp, got {value!r}") from None
+        if _MIN_YEAR <= int(value[:4]) <= _MAX_YEAR:
+            return value
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)

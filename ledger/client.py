@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import InvalidEvent, LedgerError, PartialDuplicate, StoreError
-from .events import Event, parse_event
+from .events import Event, parse_event, usage_event
 from .keys import KeyPair, read_key
 from .store import AppendResult, Ledger, SignedBatch
-from .values import amount_micros, format_timestamp, uuid7
+from .values import amount_micros, format_timestamp, now_timestamp, uuid7
 
 AmountLike = str | Decimal | int
 
@@ -225,15 +225,10 @@ class Client:
         grant: str | None = None,
         id: str | None = None,
     ) -> str:
-        body = _without_none(
-            {
-                "asset": asset,
-                "units": units,
-                "revenue": to_micros(revenue, "revenue", id),
-                "grant": grant,
-            }
-        )
-        return self._add("usage.recorded", body, id)
+        event_id = id if id is not None else uuid7()
+        micros = to_micros(revenue, "revenue", event_id)
+        event = usage_event(event_id, self.party, now_timestamp(), asset, units, micros, grant)
+        return self._buffered(event)
 
     def close_settlement(
         self, run: int, cut: int, statements_root: str, *, id: str | None = None
@@ -263,10 +258,13 @@ class Client:
                 "id": id if id is not None else uuid7(),
                 "type": type_,
                 "actor": self.party,
-                "occurred_at": occurred_at or format_timestamp(datetime.now(UTC)),
+                "occurred_at": occurred_at or now_timestamp(),
                 "body": body,
             }
         )
+        return self._buffered(event)
+
+    def _buffered(self, event: Event) -> str:
         with self._lock:
             self._raise_pending()
             if not self._buffer:

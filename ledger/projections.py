@@ -15,6 +15,7 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection, Row
 
 from . import schema as s
+from .bulk import insert_rows
 from .canonical import canonical_bytes
 from .rules import Asset, Edge, Effect, Grant, Party
 
@@ -116,8 +117,7 @@ def write_effects(conn: Connection, effects: Sequence[Effect]) -> None:
         conn.execute(stmt, [{"g": g.grant, "r": g.revoked_seq} for g in revoked])
     if edges:
         conn.execute(s.edges.insert(), [_edge_row(e) for e in edges])
-    if usage:
-        conn.execute(s.usage.insert(), usage)
+    insert_rows(conn, s.usage, usage)
 
 
 def _split(effects: Sequence[Effect]) -> tuple[list[Any], ...]:
@@ -127,20 +127,11 @@ def _split(effects: Sequence[Effect]) -> tuple[list[Any], ...]:
     new_grants: list[Grant] = []
     revoked: list[Grant] = []
     edges: list[Edge] = []
-    usage: list[dict[str, Any]] = []
+    usage: list[tuple[Any, ...]] = []
     for e in effects:
         if e.usage is not None:
             u = e.usage
-            usage.append(
-                {
-                    "seq": u.seq,
-                    "asset": u.asset,
-                    "actor": u.actor,
-                    "grant": u.grant,
-                    "units": u.units,
-                    "revenue": u.revenue,
-                }
-            )
+            usage.append((u.seq, u.asset, u.actor, u.grant, u.units, u.revenue))
             continue
         if e.party is not None:
             new_parties.append(e.party)

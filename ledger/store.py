@@ -22,6 +22,7 @@ from sqlalchemy.pool import NullPool
 from . import merkle
 from . import schema as s
 from .audit import Auditor, AuditReport, BatchRecord, EventRecord
+from .bulk import insert_rows
 from .canonical import canonical_bytes
 from .checkpoint import Checkpoint, sign_checkpoint
 from .errors import (
@@ -75,12 +76,18 @@ class SignedBatch:
     def sign(cls, actor: str, key: KeyPair, events: Sequence[Event]) -> SignedBatch:
         batch = cls(actor, key.public_hex, tuple(events), b"")
         signed = cls(actor, key.public_hex, batch.events, key.sign(batch.digest))
-        signed.__dict__["hashes"] = batch.hashes  # computed once: the events are immutable
+        # computed once: the events are immutable
+        signed.__dict__["signed"], signed.__dict__["hashes"] = batch.signed, batch.hashes
         return signed
 
     @cached_property
+    def signed(self) -> list[dict[str, Any]]:
+        """Each event's `id, type, actor, occurred_at, body`, as hashed."""
+        return [signed_dict(e) for e in self.events]
+
+    @cached_property
     def hashes(self) -> list[bytes]:
-        return [event_hash(e) for e in self.events]
+        return [event_hash(e, sd) for e, sd in zip(self.events, self.signed, strict=True)]
 
     @cached_property
     def digest(self) -> bytes:
@@ -290,7 +297,7 @@ class Ledger:
         """
         self._check_batch_shape(batch)
         verify_signature(batch.key, batch.digest, batch.signature, f"batch of {batch.actor!r}")
-        signed = [signed_dict(e) for e in batch.events]
+        signed = batch.signed
         with self._write() as (conn, head):
             known = self._known_ids(conn, batch)
             if known is not None:
@@ -362,20 +369,10 @@ class Ledger:
             known = shape_known(e)
             leaf = merkle.leaf_hash(leaf_bytes(sd, recorded_at, shape_known=known))
             leaves.append(leaf)
-            rows.append(
-                {
-                    "seq": first + i,
-                    "id": e.id,
-                    "type": e.type,
-                    "actor": e.actor,
-                    "occurred_at": e.occurred_at,
-                    "recorded_at": recorded_at,
-                    "body": canonical_bytes(sd["body"], shape_known=known).decode(),
-                    "hash": h,
-                    "leaf": leaf,
-                    "batch": number,
-                }
-            )
+            body = canonical_bytes(sd["body"], shape_known=known).decode()
+            # the order of s.events.columns
+            rows.append((first + i, e.id, e.type, e.actor, e.occurred_at, recorded_at, body, h,
+                         leaf, number))  # fmt: skip
         last = first + len(rows) - 1
         frontier = merkle.Frontier(head.frontier.size, list(head.frontier.hashes))
         nodes = [n for n in frontier.extend(leaves) if n[0] >= NODE_LEVEL]
@@ -390,7 +387,7 @@ class Ledger:
                 last_seq=last,
             )
         )
-        conn.execute(insert(s.events), rows)
+        insert_rows(conn, s.events, rows)
         if nodes:
             conn.execute(
                 insert(s.tree_nodes), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes]

@@ -144,6 +144,21 @@ def timestamp(value: object, what: str = "timestamp") -> str:
     return parsed.strftime(TIMESTAMP_FORMAT)
 
 
+_second_prefix: tuple[int, str] = (-1, "")
+
+
+def now_timestamp() -> str:
+    """The current time in the canonical form, formatted once per second (the SDK's hot path)."""
+    global _second_prefix
+    ns = time.time_ns()
+    second, micros = divmod(ns // 1000, 1_000_000)
+    cached_second, prefix = _second_prefix
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_prefix = (second, prefix)
+    return f"{prefix}.{micros:06d}Z"
+
+
 def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
 

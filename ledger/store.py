@@ -11,10 +11,22 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    String,
+    any_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -340,8 +352,8 @@ class Ledger:
         found: dict[str, tuple[int, bytes, str]] = {}
         ids = [e.id for e in batch.events]
         c = s.events.c
-        for i in range(0, len(ids), _ID_CHUNK):
-            q = select(c.id, c.seq, c.hash, c.recorded_at).where(c.id.in_(ids[i : i + _ID_CHUNK]))
+        for chunk in _id_lists(conn, ids):
+            q = select(c.id, c.seq, c.hash, c.recorded_at).where(chunk(c.id))
             found.update({r.id: (r.seq, r.hash, r.recorded_at) for r in conn.execute(q)})
         if not found:
             return None
@@ -748,6 +760,20 @@ class Ledger:
                 if progress is not None:
                     progress(min(head.size, start + _READ_CHUNK - 1))
             return head.size
+
+
+def _id_lists(conn: Connection, ids: list[str]) -> Iterator[Callable[[Any], Any]]:
+    """Conditions `column IN ids`: one array parameter on PostgreSQL (one plan for any count),
+    chunks of literal lists on SQLite."""
+    if conn.dialect.name == "postgresql":
+        yield lambda col: col == any_(bindparam("ids", ids, type_=ARRAY(String)))
+        return
+    for i in range(0, len(ids), _ID_CHUNK):
+        yield partial(_in_list, part=ids[i : i + _ID_CHUNK])
+
+
+def _in_list(col: Any, part: list[str]) -> Any:
+    return col.in_(part)
 
 
 def _event_row(rec: EventRecord, leaf: bytes) -> dict[str, Any]:

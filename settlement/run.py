@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from ledger import KeyPair, Ledger, LedgerError, SignedBatch
 from ledger.errors import ConflictError
-from ledger.events import parse_event
+from ledger.events import RESERVED_ID_PREFIX, parse_event
 from ledger.schema import events as events_table
 from ledger.store import OPERATOR, AppendResult
 from ledger.values import format_timestamp
@@ -107,7 +107,7 @@ def settle(ledger: Ledger, operator: KeyPair) -> RunResult:
     root = statements.statements_root(signed)
     event = parse_event(
         {
-            "id": f"settlement-run-{run}",
+            "id": f"{RESERVED_ID_PREFIX}settlement:run-{run}",
             "type": "settlement.closed",
             "actor": OPERATOR,
             "occurred_at": format_timestamp(ledger.clock()),

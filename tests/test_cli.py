@@ -19,10 +19,10 @@ import nacl.signing
 import pytest
 import rfc8785
 from click.testing import CliRunner, Result
+from helpers import Market
 from sqlalchemy import create_engine, text
 
 from cli.main import cli
-from helpers import Market
 from ledger import KeyPair, Ledger, merkle, write_key
 from ledger.store import OPERATOR, normalise_url
 

@@ -1,0 +1,55 @@
+"""The SDK's hot path for usage events agrees with `parse_event` on every input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger.errors import InvalidEvent
+from ledger.events import parse_event, signed_bytes, usage_event
+
+texts = st.one_of(
+    st.text(min_size=0, max_size=140),
+    st.sampled_from(["model-1", "m", "x" * 128, "x" * 129, "a\nb", "caf\u00e9", "cafe\u0301", "*"]),
+)
+numbers = st.one_of(
+    st.integers(-5, 2**53 + 5),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.none(),
+    st.text(max_size=5),
+)
+timestamps = st.sampled_from([
+    "2026-11-28T17:23:05.123456Z", "2026-11-28T17:23:05Z", "2026-02-30T00:00:00.000000Z",
+    "1969-12-31T23:59:59.999999Z", "2026-11-28T17:23:05.123456+01:00", "yesterday", "",
+])  # fmt: skip
+
+
+def _outcome(fn: Any) -> Any:
+    try:
+        return fn()
+    except InvalidEvent as e:
+        return ("invalid", e.field)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(texts, texts, timestamps, texts, numbers, st.one_of(st.none(), st.integers(0, 10**12)),
+       st.one_of(st.none(), texts))  # fmt: skip
+def test_usage_fast_path_agrees_with_the_models(
+    event_id: str, actor: str, occurred_at: str, asset: str, units: Any, revenue: Any, grant: Any
+) -> None:
+    body: dict[str, Any] = {"asset": asset, "units": units}
+    if revenue is not None:
+        body["revenue"] = revenue
+    if grant is not None:
+        body["grant"] = grant
+    slow = _outcome(lambda: parse_event({"id": event_id, "type": "usage.recorded", "actor": actor,
+                                         "occurred_at": occurred_at, "body": body}))  # fmt: skip
+    fast = _outcome(lambda: usage_event(event_id, actor, occurred_at, asset, units, revenue, grant))
+    if isinstance(slow, tuple) or isinstance(fast, tuple):
+        assert isinstance(slow, tuple) and isinstance(fast, tuple), (slow, fast)
+        return
+    assert fast == slow
+    assert signed_bytes(fast) == signed_bytes(slow)

@@ -2,7 +2,10 @@
 "Exports", "Bad input").
 
 Commands run in-process through click's CliRunner, each with `--db` and `--keys` as group options.
-`Edvex`, `story` and `log_size` are shared with the other CLI test modules.
+`Edvex`, `story`, `quick_story`, `log_size` and `shared_database` are shared with the other CLI
+test modules. Tests of input that must change nothing share one database per backend and module
+(`shared_database`), which keeps the many parametrised cases fast; every other test gets a fresh
+one from conftest's `db_url`.
 """
 
 from __future__ import annotations
@@ -10,15 +13,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import stat
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import nacl.signing
 import pytest
 import rfc8785
 from click.testing import CliRunner, Result
+from conftest import BACKENDS, PG_URL
 from helpers import Market
 from sqlalchemy import create_engine, text
 
@@ -66,6 +75,33 @@ class Edvex:
 def edvex(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Edvex:
     monkeypatch.chdir(tmp_path)
     return Edvex(db_url, tmp_path / "keys")
+
+
+@contextmanager
+def shared_database(backend: str, directory: Path, pg_problem: str | None) -> Iterator[str]:
+    """A fresh database on `backend` for a module-scoped fixture, as conftest's `db_url` makes
+    one per test: a SQLite file, or a PostgreSQL schema of its own, dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{directory / 'edvex.db'}"
+        return
+    if pg_problem is not None:
+        reason = (
+            f"PostgreSQL not reachable at {PG_URL} ({pg_problem}); start it or set EDVEX_TEST_PG"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        sep = "&" if "?" in PG_URL else "?"
+        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    finally:
+        admin.dispose()
 
 
 def log_size(url: str) -> int | None:
@@ -508,17 +544,31 @@ BAD_INPUT = [
 ]
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def storied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_problem: str | None
+) -> Iterator[Edvex]:
+    """The story's market, once per backend, for inputs that must change nothing."""
+    directory = tmp_path_factory.mktemp("storied")
+    with shared_database(request.param, directory, pg_problem) as url:
+        market = Edvex(url, directory / "keys")
+        quick_story(market)
+        yield market
+
+
 @pytest.mark.parametrize("argv", BAD_INPUT)
-def test_bad_input_exits_2_and_changes_nothing(edvex: Edvex, argv: list[str]) -> None:
-    quick_story(edvex)
-    keys_before = sorted(p.name for p in edvex.keys.iterdir())
-    result = edvex.run(*argv, code=2)
+def test_bad_input_exits_2_and_changes_nothing(
+    storied: Edvex, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    keys_before = sorted(p.name for p in storied.keys.iterdir())
+    result = storied.run(*argv, code=2)
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edvex: "), result.stderr
-    assert log_size(edvex.url) == STORY_SIZE
-    assert sorted(p.name for p in edvex.keys.iterdir()) == keys_before
-    edvex.run("log", "verify")
+    assert log_size(storied.url) == STORY_SIZE
+    assert sorted(p.name for p in storied.keys.iterdir()) == keys_before
+    storied.run("log", "verify")
 
 
 def test_command_before_init_exits_2_and_changes_nothing(edvex: Edvex) -> None:

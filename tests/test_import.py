@@ -8,11 +8,13 @@ dataset-1. Files with a defect on line 3 are in tests/fixtures/usage/, named aft
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import BACKENDS
 from sqlalchemy import create_engine, text
-from test_cli import STORY_SIZE, Edvex, log_size, quick_story
+from test_cli import STORY_SIZE, Edvex, log_size, quick_story, shared_database
 
 from ledger.store import normalise_url
 
@@ -38,6 +40,18 @@ def edvex(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Edvex
     cli = Edvex(db_url, tmp_path / "keys")
     quick_story(cli)
     return cli
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def storied(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_problem: str | None
+) -> Iterator[Edvex]:
+    """The same market once per backend, for files that must append nothing."""
+    directory = tmp_path_factory.mktemp("storied")
+    with shared_database(request.param, directory, pg_problem) as url:
+        market = Edvex(url, directory / "keys")
+        quick_story(market)
+        yield market
 
 
 def usage_rows(url: str) -> int:
@@ -84,24 +98,24 @@ BAD_LINE_3 = sorted(p.name for p in FIXTURES.glob("line3-*"))
 
 
 @pytest.mark.parametrize("fixture", BAD_LINE_3)
-def test_bad_line_appends_nothing_and_names_the_line(edvex: Edvex, fixture: str) -> None:
-    rows = usage_rows(edvex.url)
-    bad = edvex.run("usage", "import", str(FIXTURES / fixture), "--by", "shop", code=2)
+def test_bad_line_appends_nothing_and_names_the_line(storied: Edvex, fixture: str) -> None:
+    rows = usage_rows(storied.url)
+    bad = storied.run("usage", "import", str(FIXTURES / fixture), "--by", "shop", code=2)
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edvex: "), bad.stderr
     assert "line 3" in lines[0]
-    assert usage_rows(edvex.url) == rows
-    assert log_size(edvex.url) == STORY_SIZE
+    assert usage_rows(storied.url) == rows
+    assert log_size(storied.url) == STORY_SIZE
 
 
 @pytest.mark.parametrize(
     "fixture", ["header-unknown-column.csv", "header-missing-units.csv", "header-missing.csv"]
 )
-def test_csv_with_a_bad_header_exits_2(edvex: Edvex, fixture: str) -> None:
-    bad = edvex.run("usage", "import", str(FIXTURES / fixture), "--by", "shop", code=2)
+def test_csv_with_a_bad_header_exits_2(storied: Edvex, fixture: str) -> None:
+    bad = storied.run("usage", "import", str(FIXTURES / fixture), "--by", "shop", code=2)
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "header" in lines[0], bad.stderr
-    assert log_size(edvex.url) == STORY_SIZE
+    assert log_size(storied.url) == STORY_SIZE
 
 
 def test_empty_file_and_missing_key_exit_2(edvex: Edvex, tmp_path: Path) -> None:

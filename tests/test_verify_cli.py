@@ -8,13 +8,14 @@ The defective statements are written by the tests, each named after its defect.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rfc8785
-from test_cli import Edvex, quick_story
+from conftest import BACKENDS
+from test_cli import Edvex, quick_story, shared_database
 
 from ledger import KeyPair, read_key
 from settlement import statements
@@ -35,6 +36,32 @@ def settled(edvex: Edvex, tmp_path: Path) -> dict[str, Any]:
     edvex.run("settle", "run")
     edvex.run("statements", "export", "--run", "1", "--party", "alice", "-o", "st.json")
     return json.loads((tmp_path / "st.json").read_bytes())
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_problem: str | None
+) -> Iterator[tuple[Edvex, dict[str, Any]]]:
+    """The same settled run once per backend, for checks that only read the log."""
+    directory = tmp_path_factory.mktemp("settled")
+    with shared_database(request.param, directory, pg_problem) as url:
+        market = Edvex(url, directory / "keys")
+        quick_story(market)
+        market.run("settle", "run")
+        out = directory / "st.json"
+        market.run("statements", "export", "--run", "1", "--party", "alice", "-o", str(out))
+        yield market, json.loads(out.read_bytes())
+
+
+@pytest.fixture
+def reader(
+    shared: tuple[Edvex, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Edvex, dict[str, Any]]:
+    """`shared`, run from this test's own directory, with alice's statement in st.json."""
+    monkeypatch.chdir(tmp_path)
+    market, statement = shared
+    (tmp_path / "st.json").write_bytes(rfc8785.dumps(statement))
+    return market, statement
 
 
 def _write(path: Path, statement: dict[str, Any]) -> str:
@@ -128,13 +155,13 @@ def _resigned_run_moved(st: dict[str, Any], operator: KeyPair) -> dict[str, Any]
     ],
 )
 def test_defective_statement_exits_1_with_the_reason(
-    edvex: Edvex,
-    settled: dict[str, Any],
+    reader: tuple[Edvex, dict[str, Any]],
     tmp_path: Path,
     name: str,
     defect: Callable[[dict[str, Any], KeyPair], dict[str, Any]],
     reason: str,
 ) -> None:
+    edvex, settled = reader
     operator = read_key(edvex.keys / "operator.key")
     path = _write(tmp_path / name, defect(json.loads(json.dumps(settled)), operator))
     bad = edvex.run("verify", path, "--operator-key", _pub(edvex), code=1)
@@ -146,8 +173,9 @@ def test_defective_statement_exits_1_with_the_reason(
 
 
 def test_statement_checked_with_another_trusted_key_exits_1(
-    edvex: Edvex, settled: dict[str, Any]
+    reader: tuple[Edvex, dict[str, Any]],
 ) -> None:
+    edvex, _ = reader
     someone = KeyPair.generate().public_hex
     bad = edvex.run("verify", "st.json", "--operator-key", someone, code=1)
     assert "signature invalid" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
@@ -156,8 +184,9 @@ def test_statement_checked_with_another_trusted_key_exits_1(
 
 
 def test_statement_against_a_tampered_export_exits_1(
-    edvex: Edvex, settled: dict[str, Any], tmp_path: Path
+    reader: tuple[Edvex, dict[str, Any]], tmp_path: Path
 ) -> None:
+    edvex, _ = reader
     edvex.run("log", "export", "-o", "log.jsonl")
     text = (tmp_path / "log.jsonl").read_text(encoding="utf-8")
     assert text.count('"revenue":100000000') == 1
@@ -174,15 +203,17 @@ def test_statement_against_a_tampered_export_exits_1(
     "fixture",
     ["not-json.json", "not-an-object.json", "duplicate-keys.json", "invalid-utf8.json"],
 )
-def test_unreadable_statement_exits_2(edvex: Edvex, settled: dict[str, Any], fixture: str) -> None:
+def test_unreadable_statement_exits_2(reader: tuple[Edvex, dict[str, Any]], fixture: str) -> None:
+    edvex, _ = reader
     bad = edvex.run("verify", str(FIXTURES / fixture), "--operator-key", _pub(edvex), code=2)
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edvex: "), bad.stderr
 
 
 def test_missing_statement_or_key_exits_2(
-    edvex: Edvex, settled: dict[str, Any], tmp_path: Path
+    reader: tuple[Edvex, dict[str, Any]], tmp_path: Path
 ) -> None:
+    edvex, _ = reader
     missing = edvex.run("verify", "missing.json", "--operator-key", _pub(edvex), code=2)
     assert "missing.json" in missing.stderr
     edvex.run("verify", "st.json", "--operator-key", "not-a-key", code=2)

@@ -25,7 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_VERIFY_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to 80 columns: scripts and files get whole lines.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -220,11 +220,16 @@ def _lineage(led: Ledger, asset_id: str, depth: int) -> dict[str, Any]:
 
 
 def _fill_owners(led: Ledger, node: dict[str, Any]) -> None:
-    for p in node["parents"]:
-        if "owner" not in p:
-            info = led.asset(p["asset"]) or {}
-            p["owner"], p["kind"] = info.get("owner"), info.get("kind")
-        _fill_owners(led, p)
+    """Owner and kind of every ancestor, read in one query per 500 assets."""
+    nodes, stack = [], list(node["parents"])
+    while stack:
+        p = stack.pop()
+        nodes.append(p)
+        stack.extend(p["parents"])
+    info = led.assets(sorted({p["asset"] for p in nodes}))
+    for p in nodes:
+        row = info.get(p["asset"], {})
+        p["owner"], p["kind"] = row.get("owner"), row.get("kind")
 
 
 def _tree(doc: dict[str, Any], max_children: int) -> Tree:

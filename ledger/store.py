@@ -470,6 +470,15 @@ class Ledger:
             row = conn.execute(select(s.assets).where(s.assets.c.asset == asset)).first()
             return row._asdict() if row is not None else None
 
+    def assets(self, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        """Several assets' rows at once, by id."""
+        out: dict[str, Mapping[str, Any]] = {}
+        with self._read() as conn:
+            for chunk in _id_lists(conn, list(ids)):
+                for row in conn.execute(select(s.assets).where(chunk(s.assets.c.asset))):
+                    out[row.asset] = row._asdict()
+        return out
+
     def grants_on(self, asset: str) -> list[Grant]:
         with self._read() as conn:
             q = select(s.grants).where(s.grants.c.asset == asset).order_by(s.grants.c.seq)

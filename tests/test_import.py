@@ -2,12 +2,14 @@
 idempotent on re-import, on SQLite and on PostgreSQL.
 
 The market is the story of test_cli: shop holds grant g-shop to use model-1 and no grant on
-dataset-1. Files with a defect on line 3 are in tests/fixtures/usage/, named after the defect.
+dataset-1. Files with a defect on line 3 (or in the CSV header) are in tests/fixtures/usage/,
+named after the defect, and copied into the test's directory to be imported.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,9 +100,12 @@ BAD_LINE_3 = sorted(p.name for p in FIXTURES.glob("line3-*"))
 
 
 @pytest.mark.parametrize("fixture", BAD_LINE_3)
-def test_bad_line_appends_nothing_and_names_the_line(storied: Edvex, fixture: str) -> None:
+def test_bad_line_appends_nothing_and_names_the_line(
+    storied: Edvex, fixture: str, tmp_path: Path
+) -> None:
     rows = usage_rows(storied.url)
-    bad = storied.run("usage", "import", str(FIXTURES / fixture), "--by", "shop", code=2)
+    path = shutil.copy(FIXTURES / fixture, tmp_path / fixture)
+    bad = storied.run("usage", "import", str(path), "--by", "shop", code=2)
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("edvex: "), bad.stderr
     assert "line 3" in lines[0]
@@ -111,8 +116,9 @@ def test_bad_line_appends_nothing_and_names_the_line(storied: Edvex, fixture: st
 @pytest.mark.parametrize(
     "fixture", ["header-unknown-column.csv", "header-missing-units.csv", "header-missing.csv"]
 )
-def test_csv_with_a_bad_header_exits_2(storied: Edvex, fixture: str) -> None:
-    bad = storied.run("usage", "import", str(FIXTURES / fixture), "--by", "shop", code=2)
+def test_csv_with_a_bad_header_exits_2(storied: Edvex, fixture: str, tmp_path: Path) -> None:
+    path = shutil.copy(FIXTURES / fixture, tmp_path / fixture)
+    bad = storied.run("usage", "import", str(path), "--by", "shop", code=2)
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "header" in lines[0], bad.stderr
     assert log_size(storied.url) == STORY_SIZE

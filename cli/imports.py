@@ -17,10 +17,10 @@ from typing import Any
 
 from rich.progress import Progress
 
-from ledger import Client, LedgerError, RuleViolation
+from ledger import Client, Ledger, LedgerError, RuleViolation
 from ledger.canonical import canonical_bytes, loads_strict
 from ledger.errors import InvalidEvent
-from ledger.events import Event, parse_event
+from ledger.events import Event, body_dict, parse_event
 from ledger.values import amount_micros, format_timestamp
 
 from .common import fail
@@ -118,7 +118,7 @@ def _event(record: Any, party: str, source: str, now: str, seen: Counter[bytes])
 
 
 def append_lines(
-    client: Client, lines: list[Line], batch_size: int, bar: Progress
+    ledger: Ledger, client: Client, lines: list[Line], batch_size: int, bar: Progress
 ) -> dict[str, Any]:
     """Append in batches; a rejected batch stops the import, naming the line."""
     by_id = {line.event.id: line.number for line in lines}
@@ -126,14 +126,36 @@ def append_lines(
     with bar:
         task = bar.add_task("importing", total=len(lines))
         for start in range(0, len(lines), batch_size):
-            chunk = [line.event for line in lines[start : start + batch_size]]
+            part = lines[start : start + batch_size]
+            chunk = _not_yet_imported(ledger, part)
+            already += len(part) - len(chunk)
             try:
-                results = client.append_events(chunk)
+                results = client.append_events(chunk) if chunk else []
             except RuleViolation as e:
                 number = by_id.get(e.event_id, 0)
-                fail(f"line {number}: {e} (lines before {lines[start].number} were appended)")
+                fail(f"line {number}: {e} (lines before {part[0].number} were appended)")
             new = sum(len(r.seqs) for r in results if not r.duplicate)
             appended += new
             already += len(chunk) - new
-            bar.advance(task, len(chunk))
+            bar.advance(task, len(part))
     return {"lines": len(lines), "appended": appended, "already": already}
+
+
+def _not_yet_imported(ledger: Ledger, part: list[Line]) -> list[Event]:
+    """Lines whose id is in the log with the same usage (only `occurred_at`, the time of the
+    import, may differ) were imported before: they are skipped. The same id with other usage
+    is an error naming the line."""
+    known = ledger.find_events([line.event.id for line in part])
+    fresh = []
+    for line in part:
+        stored = known.get(line.event.id)
+        if stored is None:
+            fresh.append(line.event)
+            continue
+        mine = (line.event.type, line.event.actor, body_dict(line.event))
+        if (stored.type, stored.actor, dict(stored.body)) != mine:
+            fail(
+                f"line {line.number}: id {line.event.id!r} is already in the log "
+                f"(seq {stored.seq}) with other content"
+            )
+    return fresh

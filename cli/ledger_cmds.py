@@ -341,7 +341,7 @@ def usage_import(file: Path, by: str, batch_size: int) -> None:
         led = open_ledger()
         try:
             client = client_for(led, by, batch_size=batch_size)
-            summary = imports.append_lines(client, lines, batch_size, progress())
+            summary = imports.append_lines(led, client, lines, batch_size, progress())
         finally:
             led.close()
         emit(

@@ -449,6 +449,15 @@ class Ledger:
             for row in conn.execute(q):
                 yield _event_record(row)
 
+    def find_events(self, ids: Sequence[str]) -> dict[str, EventRecord]:
+        """The stored events with these client ids, by id."""
+        out: dict[str, EventRecord] = {}
+        with self._read() as conn:
+            for chunk in _id_lists(conn, list(ids)):
+                for row in conn.execute(select(s.events).where(chunk(s.events.c.id))):
+                    out[row.id] = _event_record(row)
+        return out
+
     def event_at(self, seq: int) -> EventRecord | None:
         with self._read() as conn:
             row = conn.execute(select(s.events).where(s.events.c.seq == seq)).first()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import merkle
-from .canonical import canonical_bytes
+from .canonical import canonical_bytes, event_bytes
 from .errors import IntegrityError, LedgerError
 from .events import batch_digest
 from .keys import verify_signature
@@ -56,6 +56,26 @@ class EventRecord:
     batch: int
     body_text: str | None = None  # the stored bytes, when read from the database
     leaf: bytes | None = None  # the stored leaf hash, when read from the database
+
+    def parsed_body(self) -> Mapping[str, Any]:
+        """The body, parsed from the stored text when it was read without parsing."""
+        if self.body or self.body_text is None:
+            return self.body
+        return dict(json.loads(self.body_text))
+
+    def signed_bytes(self) -> bytes:
+        """RFC 8785 of `id, type, actor, occurred_at, body`: built around the stored body text
+        when there is one (a stored body that is not canonical then fails the hash check)."""
+        if self.body_text is None:
+            return canonical_bytes(self.signed_dict())
+        return event_bytes(self.id, self.type, self.actor, self.occurred_at,
+                           self.body_text.encode())  # fmt: skip
+
+    def leaf_bytes(self) -> bytes:
+        if self.body_text is None:
+            return canonical_bytes({**self.signed_dict(), "recorded_at": self.recorded_at})
+        return event_bytes(self.id, self.type, self.actor, self.occurred_at,
+                           self.body_text.encode(), self.recorded_at)  # fmt: skip
 
     def signed_dict(self) -> dict[str, Any]:
         return {
@@ -130,8 +150,7 @@ class Auditor:
         self._check_bytes(rec)
         self._track_key(rec)
         self._hashes.append(rec.hash)
-        signed = rec.signed_dict()
-        leaf = merkle.leaf_hash(canonical_bytes({**signed, "recorded_at": rec.recorded_at}))
+        leaf = merkle.leaf_hash(rec.leaf_bytes())
         if rec.leaf is not None and rec.leaf != leaf:
             raise IntegrityError(seq, "leaf hash", "stored leaf differs from the recomputed one")
         self.new_nodes.extend(self.frontier.append(leaf))
@@ -140,9 +159,7 @@ class Auditor:
         return leaf
 
     def _check_bytes(self, rec: EventRecord) -> None:
-        if rec.body_text is not None and canonical_bytes(rec.body).decode() != rec.body_text:
-            raise IntegrityError(rec.seq, "body bytes", "stored body is not canonical JSON")
-        recomputed = hashlib.sha256(canonical_bytes(rec.signed_dict())).digest()
+        recomputed = hashlib.sha256(rec.signed_bytes()).digest()
         if recomputed != rec.hash:
             raise IntegrityError(
                 rec.seq,
@@ -156,13 +173,14 @@ class Auditor:
         if rec.seq == batch.first_seq:
             current = self._keys.get(rec.actor)
             if current is None and rec.type == "party.registered":
-                current = str(rec.body.get("public_key"))
+                current = str(rec.parsed_body().get("public_key"))
             if current != batch.key:
                 raise IntegrityError(
                     rec.seq, "batch key", f"batch {batch.batch} is not signed by the actor's key"
                 )
         if rec.type in ("party.registered", "party.key_rotated"):
-            self._keys[str(rec.body.get("party"))] = str(rec.body.get("public_key"))
+            body = rec.parsed_body()
+            self._keys[str(body.get("party"))] = str(body.get("public_key"))
 
     def _close_batch(self) -> None:
         batch = self._batch

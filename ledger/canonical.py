@@ -223,3 +223,21 @@ def _show(text: str) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
+
+
+def event_bytes(
+    id: str, type: str, actor: str, occurred_at: str, body: bytes, recorded_at: str | None = None
+) -> bytes:
+    """RFC 8785 bytes of an event's signed fields (and its leaf, given `recorded_at`) around a
+    body that is already canonical: `actor, body, id, occurred_at, recorded_at, type` is the
+    sorted key order of section 3.2.3, and strings escape as section 3.2.2.2 says."""
+    parts = [b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
+             b',"occurred_at":', _string(occurred_at)]  # fmt: skip
+    if recorded_at is not None:
+        parts += [b',"recorded_at":', _string(recorded_at)]
+    parts += [b',"type":', _string(type), b"}"]
+    return b"".join(parts)
+
+
+def _string(text: str) -> bytes:
+    return canonical_bytes(text, shape_known=True)

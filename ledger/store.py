@@ -422,7 +422,9 @@ class Ledger:
             yield from self._records(conn, size)
 
     @staticmethod
-    def _records(conn: Connection, size: int) -> Iterator[BatchRecord | EventRecord]:
+    def _records(
+        conn: Connection, size: int, parse: bool = True
+    ) -> Iterator[BatchRecord | EventRecord]:
         b = s.batches.c
         rows = conn.execute(select(s.batches).where(b.first_seq <= size).order_by(b.batch))
         batches = iter([_batch_record(r) for r in rows])
@@ -437,7 +439,7 @@ class Ledger:
                 while pending is not None and pending.first_seq <= row.seq:
                     yield pending
                     pending = next(batches, None)
-                yield _event_record(row)
+                yield _event_record(row, parse)
 
     def events_of(self, types: Sequence[str], upto: int) -> Iterator[EventRecord]:
         with self._read() as conn:
@@ -634,7 +636,7 @@ class Ledger:
         with self._read() as conn:
             head = self._head(conn)
             stored_nodes = self._stored_nodes(conn)
-            for rec in self._records(conn, head.size):
+            for rec in self._records(conn, head.size, parse=False):
                 if isinstance(rec, EventRecord):
                     auditor.event(rec)
                     if rec.seq % _READ_CHUNK == 0 or rec.seq == head.size:
@@ -819,7 +821,7 @@ def _signed_from_row(row: Any) -> dict[str, Any]:
     }
 
 
-def _event_record(row: Any) -> EventRecord:
+def _event_record(row: Any, parse: bool = True) -> EventRecord:
     return EventRecord(
         seq=row.seq,
         id=row.id,
@@ -827,7 +829,7 @@ def _event_record(row: Any) -> EventRecord:
         actor=row.actor,
         occurred_at=row.occurred_at,
         recorded_at=row.recorded_at,
-        body=json.loads(row.body),
+        body=json.loads(row.body) if parse else {},
         hash=bytes(row.hash),
         batch=row.batch,
         body_text=row.body,

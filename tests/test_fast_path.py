@@ -53,3 +53,20 @@ def test_usage_fast_path_agrees_with_the_models(
         return
     assert fast == slow
     assert signed_bytes(fast) == signed_bytes(slow)
+
+
+def test_event_bytes_around_a_canonical_body_equal_the_whole_encoding() -> None:
+    from ledger.canonical import canonical_bytes, event_bytes
+
+    bodies = [{"asset": "m", "units": 3}, {"metadata": {"\U0001f600": 1, "\ufb01": "x"}, "z": []}]
+    for body in bodies:
+        for actor in ("shop", "caf\u00e9", 'q"uote\n', "\u2028"):
+            signed = {"id": "i\\d", "type": "usage.recorded", "actor": actor,
+                      "occurred_at": "2026-11-28T17:23:05.123456Z", "body": body}  # fmt: skip
+            raw = canonical_bytes(body)
+            assert event_bytes("i\\d", "usage.recorded", actor, signed["occurred_at"], raw) == (
+                canonical_bytes(signed)
+            )
+            leaf = {**signed, "recorded_at": "2026-11-28T17:23:06.000000Z"}
+            assert event_bytes("i\\d", "usage.recorded", actor, signed["occurred_at"], raw,
+                               leaf["recorded_at"]) == canonical_bytes(leaf)  # fmt: skip

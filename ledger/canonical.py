@@ -231,13 +231,26 @@ def event_bytes(
     """RFC 8785 bytes of an event's signed fields (and its leaf, given `recorded_at`) around a
     body that is already canonical: `actor, body, id, occurred_at, recorded_at, type` is the
     sorted key order of section 3.2.3, and strings escape as section 3.2.2.2 says."""
-    parts = [b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
-             b',"occurred_at":', _string(occurred_at)]  # fmt: skip
-    if recorded_at is not None:
-        parts += [b',"recorded_at":', _string(recorded_at)]
-    parts += [b',"type":', _string(type), b"}"]
-    return b"".join(parts)
+    head = b"".join((b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
+                     b',"occurred_at":', _string(occurred_at)))  # fmt: skip
+    tail = b',"type":' + _string(type) + b"}"
+    if recorded_at is None:
+        return head + tail
+    return head + b',"recorded_at":' + _string(recorded_at) + tail
+
+
+def event_and_leaf_bytes(
+    id: str, type: str, actor: str, occurred_at: str, body: bytes, recorded_at: str
+) -> tuple[bytes, bytes]:
+    """`event_bytes` without and with `recorded_at`, sharing the work."""
+    head = b"".join((b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
+                     b',"occurred_at":', _string(occurred_at)))  # fmt: skip
+    tail = b',"type":' + _string(type) + b"}"
+    return head + tail, head + b',"recorded_at":' + _string(recorded_at) + tail
 
 
 def _string(text: str) -> bytes:
-    return canonical_bytes(text, shape_known=True)
+    try:
+        return orjson.dumps(text)  # a plain str: the same escaping as section 3.2.2.2
+    except orjson.JSONEncodeError:
+        return canonical_bytes(text)  # a lone surrogate: the reference says why it cannot

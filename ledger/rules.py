@@ -130,6 +130,8 @@ class State:
         self._grants: dict[str, Grant | None] = {}
         self._use_grants: dict[tuple[str, str], list[str]] = {}
         self._made_on: dict[str, set[str]] = {}
+        # (asset, actor, named grant, recorded_at) -> the grant a use resolved to
+        self.resolved: dict[tuple[str, str, str | None, str], str | None] = {}
 
     def prefetch(self, batch: Iterable[ev.Event]) -> None:
         """Load in one query per table what a batch will look up (asset and grant ids)."""
@@ -189,6 +191,9 @@ class State:
         return [g for g in current if g is not None and g.revoked_seq is None]
 
     def apply(self, effect: Effect) -> None:
+        if effect.usage is not None:
+            return  # a use changes nothing the rules read
+        self.resolved.clear()  # grants, assets or parties changed: resolve uses anew
         for party in (effect.party, effect.rotated):
             if party is not None:
                 self._parties[party.party] = party
@@ -225,6 +230,9 @@ def check(e: ev.Event, seq: int, recorded_at: str, state: State) -> Effect:
     """Validate one event at `seq` against `state`; return what it changes."""
     if e.id.startswith(ev.RESERVED_ID_PREFIX) and e.actor != ev.OPERATOR:
         raise RuleViolation(e.id, "id", "reserved-id", f"ids starting {ev.RESERVED_ID_PREFIX!r}")
+    if e.type == "usage.recorded":  # the hot path: most events are usage
+        _registered_actor(e, state)
+        return _usage_recorded(e, seq, recorded_at, state)
     if not isinstance(e, ev.PartyRegistered):
         _registered_actor(e, state)
     match e:
@@ -240,8 +248,6 @@ def check(e: ev.Event, seq: int, recorded_at: str, state: State) -> Effect:
             return _consent_revoked(e, seq, recorded_at, state)
         case ev.AssetDerived():
             return _asset_derived(e, seq, recorded_at, state)
-        case ev.UsageRecorded():
-            return _usage_recorded(e, seq, recorded_at, state)
         case ev.SettlementClosed():
             return _settlement_closed(e, state)
     raise AssertionError(f"unhandled event type {e.type}")  # pragma: no cover
@@ -376,6 +382,20 @@ def _derivation_grant(
 
 def _usage_recorded(e: ev.UsageRecorded, seq: int, recorded_at: str, state: State) -> Effect:
     b = e.body
+    key = (b.asset, e.actor, b.grant, recorded_at)
+    grant_id = state.resolved.get(key, _UNRESOLVED)
+    if grant_id is _UNRESOLVED:
+        grant_id = _usage_grant(e, recorded_at, state)
+        state.resolved[key] = grant_id
+    return Effect(usage=Usage(seq, b.asset, e.actor, grant_id, b.units, b.revenue or 0))
+
+
+_UNRESOLVED = "\0unresolved"
+
+
+def _usage_grant(e: ev.UsageRecorded, recorded_at: str, state: State) -> str | None:
+    """The grant a use falls under (None for the owner's own use), or a RuleViolation."""
+    b = e.body
     asset = state.asset(b.asset)
     if asset is None:
         raise RuleViolation(e.id, "body.asset", "asset-registered", f"no asset {b.asset!r}")
@@ -389,8 +409,7 @@ def _usage_recorded(e: ev.UsageRecorded, seq: int, recorded_at: str, state: Stat
         grant_id = _named_use_grant(e, b.grant, recorded_at, state).grant
     else:
         grant_id = _resolve_use_grant(e, recorded_at, state).grant
-    usage = Usage(seq, b.asset, e.actor, grant_id, b.units, b.revenue or 0)
-    return Effect(usage=usage)
+    return grant_id
 
 
 def _named_use_grant(e: ev.UsageRecorded, grant_id: str, recorded_at: str, state: State) -> Grant:

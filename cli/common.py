@@ -15,10 +15,12 @@ from typing import Any, NoReturn, TypeVar
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.engine import make_url
 
 from ledger import Client, IntegrityError, KeyPair, Ledger, LedgerError, read_key
 from ledger.errors import KeyFileError, ProofInvalid
 from ledger.keys import KeyFilePermissionWarning
+from ledger.store import normalise_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,12 +37,17 @@ class Settings:
     db: str = "sqlite:///edvex.db"
     keys: Path = Path("keys")
     json: bool = False
+    db_given: bool = False  # --db or EDVEX_DB was set, not just the default
 
 
 def _set(name: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         if value is not None:
-            setattr(ctx.ensure_object(Settings), name, Path(value) if name == "keys" else value)
+            settings = ctx.ensure_object(Settings)
+            setattr(settings, name, Path(value) if name == "keys" else value)
+            source = ctx.get_parameter_source(param.name or name)
+            if name == "db" and source is not click.core.ParameterSource.DEFAULT:
+                settings.db_given = True
         return value
 
     return callback
@@ -133,7 +140,15 @@ def emit(document: Any, human: Callable[[], None] | None = None) -> None:
         out.print(document if isinstance(document, str) else json.dumps(document), markup=False)
 
 
+def sqlite_file_missing(url: str) -> bool:
+    """A SQLite URL naming a file that does not exist (opening it would create it)."""
+    database = make_url(normalise_url(url)).database if url.startswith("sqlite") else None
+    return bool(database) and database != ":memory:" and not Path(str(database)).exists()
+
+
 def open_ledger(must_exist: bool = True) -> Ledger:
+    if must_exist and sqlite_file_missing(settings().db):
+        fail(f"no EDVEX log in {settings().db}; run `edvex init` first")
     led = Ledger.open(settings().db)
     if must_exist and not led.initialised():
         led.close()

@@ -39,6 +39,7 @@ from .common import (
     party_key,
     progress,
     settings,
+    sqlite_file_missing,
 )
 
 
@@ -227,8 +228,15 @@ def verify(statement: Path, operator_key: str, log_source: str | None, no_log: b
             st = loads_strict(statement.read_bytes(), where=str(statement))
         except InvalidEvent as e:
             fail(f"{statement}: {e.reason}")
+        source = log_source or (settings().db if settings().db_given else None)
+        if source is None and not sqlite_file_missing(settings().db):
+            source = settings().db  # the default database is here: check against it
+        if source is None and not no_log:
+            err.print("edvex: no log given (--log or --db): checking the signature only",
+                      markup=False)  # fmt: skip
+            no_log = True
         with tempfile.TemporaryDirectory(prefix="edvex-verify-") as tmp:
-            led = None if no_log else _open_log(log_source or settings().db, Path(tmp))
+            led = None if no_log or source is None else _open_log(source, Path(tmp))
             try:
                 result = verify_statement(st, trusted, led)  # type: ignore[arg-type]
             except (SignatureInvalid, IntegrityError, ProofInvalid) as e:

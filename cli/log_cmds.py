@@ -17,6 +17,7 @@ from .common import (
     EXIT_VERIFY_FAILED,
     common_options,
     emit,
+    err,
     fail,
     handled,
     open_ledger,
@@ -39,6 +40,7 @@ def log_verify() -> None:
         led = open_ledger()
         try:
             size = led.head().size
+            missing = led.missing_guards()
             with progress() as bar:
                 task = bar.add_task("verifying", total=size)
                 try:
@@ -51,8 +53,17 @@ def log_verify() -> None:
                     fail(f"verification failed: {e}", EXIT_VERIFY_FAILED)
         finally:
             led.close()
+        if missing:
+            err.print(f"edvex: warning: append-only triggers missing: {', '.join(missing)}",
+                      markup=False)  # fmt: skip
         emit(
-            {"ok": True, "size": report.size, "batches": report.batches, "root": report.root.hex()},
+            {
+                "ok": True,
+                "missing_guards": missing,
+                "size": report.size,
+                "batches": report.batches,
+                "root": report.root.hex(),
+            },
             lambda: out.print(
                 f"ok: {report.size} events in {report.batches} batches verify; "
                 f"root {report.root.hex()}"

@@ -156,6 +156,21 @@ usage = Table(
 PROJECTIONS = (parties, assets, grants, edges, usage)
 
 
+def missing_guards(conn: Connection, tables: Sequence[str] = LOG_TABLES) -> list[str]:
+    """The append-only triggers that should exist on `tables` and do not."""
+    if conn.dialect.name == "postgresql":
+        wanted = [f"{t}_append_only" for t in tables] + [f"{t}_no_truncate" for t in tables]
+        rows = conn.exec_driver_sql(
+            "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal"
+        )
+    else:
+        wanted = [f"{t}_no_{op}" for t in tables for op in ("update", "delete")]
+        rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    present = {r[0] for r in rows}
+    return [name for name in wanted if name not in present]
+
+
 def install_guards(conn: Connection, tables: Sequence[str] = LOG_TABLES) -> None:
     """Create the append-only triggers on `tables` (idempotent)."""
     if conn.dialect.name == "postgresql":

@@ -654,6 +654,11 @@ class Ledger:
             self._compare_checkpoints(conn, auditor, report)
             return report
 
+    def missing_guards(self) -> list[str]:
+        """Append-only triggers that someone dropped (verification still recomputes all)."""
+        with self._read() as conn:
+            return s.missing_guards(conn)
+
     def _stored_nodes(self, conn: Connection) -> dict[tuple[int, int], bytes]:
         return {(r.level, r.idx): bytes(r.hash) for r in conn.execute(select(s.tree_nodes))}
 

@@ -133,7 +133,12 @@ def append_lines(
                 results = client.append_events(chunk) if chunk else []
             except RuleViolation as e:
                 number = by_id.get(e.event_id, 0)
-                fail(f"line {number}: {e} (lines before {part[0].number} were appended)")
+                kept = (
+                    f"lines before line {part[0].number} were appended"
+                    if start
+                    else ("nothing was appended")
+                )
+                fail(f"line {number}: {e} ({kept})")
             new = sum(len(r.seqs) for r in results if not r.duplicate)
             appended += new
             already += len(chunk) - new

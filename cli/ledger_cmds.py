@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from ledger import Client, KeyPair, Ledger, write_key
+from ledger.client import to_micros
 from ledger.store import OPERATOR
 
 from . import imports
@@ -316,10 +317,13 @@ def usage() -> None:
 def usage_record(
     asset_id: str, by: str, units: int, revenue: str | None, grant: str | None, event_id: str | None
 ) -> None:
-    """Record one use of ASSET."""
+    """Record one use of ASSET; with --id, running it again is a no-op."""
     with handled():
         led = open_ledger()
         try:
+            if event_id is not None and _recorded_before(led, event_id, by, asset_id, units,
+                                                         revenue, grant):  # fmt: skip
+                return
             with client_for(led, by) as client:
                 eid = client.record_usage(asset_id, units, revenue, grant=grant, id=event_id)
                 results = client.flush()
@@ -327,6 +331,26 @@ def usage_record(
             led.close()
         seq = results[0].seqs[0] if results else None
         emit({"id": eid, "seq": seq}, lambda: out.print(f"recorded {eid}"))
+
+
+def _recorded_before(led: Ledger, event_id: str, by: str, asset_id: str, units: int,
+                     revenue: str | None, grant: str | None) -> bool:  # fmt: skip
+    """True (and says so) when this very use is already in the log under `event_id`; a
+    different event under that id is an error. The time of the first run is kept."""
+    stored = led.find_events([event_id]).get(event_id)
+    if stored is None:
+        return False
+    body: dict[str, Any] = {"asset": asset_id, "units": units}
+    if revenue is not None:
+        body["revenue"] = to_micros(revenue, "revenue", event_id)
+    if grant is not None:
+        body["grant"] = grant
+    if (stored.type, stored.actor, dict(stored.body)) != ("usage.recorded", by, body):
+        fail(f"event {event_id!r}: field 'id': already in the log at seq {stored.seq} "
+             "with other content")  # fmt: skip
+    emit({"id": event_id, "seq": stored.seq, "already": True},
+         lambda: out.print(f"already recorded {event_id} (seq {stored.seq})"))  # fmt: skip
+    return True
 
 
 @usage.command("import")

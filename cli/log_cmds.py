@@ -111,13 +111,15 @@ def _line(obj: dict[str, Any]) -> str:
 
 
 @log.command("checkpoint")
+@click.option("--size", type=click.IntRange(min=0), default=None,
+              help="an earlier tree size, e.g. a run's cut (default: now)")  # fmt: skip
 @common_options
-def log_checkpoint() -> None:
+def log_checkpoint(size: int | None) -> None:
     """Sign (size, root) with the operator key, as a C2SP tlog-checkpoint note."""
     with handled():
         led = open_ledger()
         try:
-            cp = led.checkpoint(party_key(OPERATOR))
+            cp = led.checkpoint(party_key(OPERATOR), size)
         finally:
             led.close()
         emit(cp, lambda: out.print(cp["note"], markup=False, end=""))

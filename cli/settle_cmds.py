@@ -305,7 +305,7 @@ _DEMO_MARK = ".edvex-demo"
     show_default=True,
     help="where the demo's database and keys go (a directory the demo made is reused)",
 )
-@click.option("--creators", type=click.IntRange(2, 100_000), default=300, show_default=True)
+@click.option("--creators", type=click.IntRange(4, 100_000), default=300, show_default=True)
 @click.option(
     "--events",
     type=click.IntRange(1, 50_000_000),

@@ -224,10 +224,14 @@ class Client:
         *,
         grant: str | None = None,
         id: str | None = None,
+        occurred_at: str | None = None,
     ) -> str:
+        """Record one use. A caller retrying a request under its own `id` passes the request's
+        `occurred_at` too, so the retry is the same event (a no-op) rather than a conflict."""
         event_id = id if id is not None else uuid7()
         micros = to_micros(revenue, "revenue", event_id)
-        event = usage_event(event_id, self.party, now_timestamp(), asset, units, micros, grant)
+        when = occurred_at if occurred_at is not None else now_timestamp()
+        event = usage_event(event_id, self.party, when, asset, units, micros, grant)
         return self._buffered(event)
 
     def close_settlement(

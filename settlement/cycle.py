@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol
 
+from ledger.errors import IntegrityError
 from ledger.rules import Grant
 
 from . import statements
@@ -184,7 +185,7 @@ def _check_conservation(cycle: Cycle) -> None:
     """Step 3: value arriving from use equals the total retained by all owners."""
     arrived, kept = cycle.arrived_from_use, sum(cycle.retained.values())
     if arrived != kept:
-        raise AssertionError(f"conservation broken: {arrived} arrived, {kept} retained")
+        raise IntegrityError(None, "conservation", f"{arrived} micros arrived, {kept} retained")
 
 
 def statement_lines(cycle: Cycle) -> dict[str, list[dict[str, Any]]]:

@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
 from ledger import schema as s
+from ledger.events import USE_PURPOSES
 from ledger.projections import grant_from_row
 from ledger.rules import Grant
 
@@ -68,7 +69,9 @@ class DbCycleSource:
         out = []
         for row in self._conn.execute(q.order_by(g.seq)):
             grant = grant_from_row(row)
-            if "minimum" in grant.terms and self._live_in(grant, cut_prev, cut):
+            # a minimum is owed for use: grants that allow infer or generate
+            uses = grant.purposes & USE_PURPOSES
+            if "minimum" in grant.terms and uses and self._live_in(grant, cut_prev, cut):
                 out.append(grant)
         return out
 

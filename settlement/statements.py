@@ -77,9 +77,11 @@ def statement_hash(statement: Mapping[str, Any]) -> bytes:
 
 
 def statements_root(statements: Sequence[Mapping[str, Any]]) -> bytes:
-    """RFC 9162 Merkle root whose leaves are the statement hashes, in party order."""
+    """RFC 9162 Merkle root whose leaves are the SHA-256 of each statement's unsigned bytes
+    (what its signature covers), in party order: anyone holding the log can recompute it."""
     ordered = sorted(statements, key=lambda s: str(s["party"]))
-    return merkle.root_from_leaves([merkle.leaf_hash(statement_hash(s)) for s in ordered])
+    leaves = [hashlib.sha256(unsigned_bytes(s)).digest() for s in ordered]
+    return merkle.root_from_leaves([merkle.leaf_hash(h) for h in leaves])
 
 
 def check_signature(statement: Mapping[str, Any], trusted_key: str) -> None:

@@ -82,10 +82,25 @@ def _recompute(st: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
     with ledger.engine.connect() as conn:
         cycle = compute(DbCycleSource(conn), run, cut_prev, cut)
     root = ledger.root_at(cut)
-    for candidate in build_statements(cycle, ledger.head().currency, root):
+    built = build_statements(cycle, ledger.head().currency, root)
+    _check_closed(ledger, run, cut, built)
+    for candidate in built:
         if candidate["party"] == st["party"]:
             return candidate
     raise StatementMismatch("statement", f"the log gives party {st['party']!r} no statement")
+
+
+def _check_closed(ledger: Ledger, run: int, cut: int, built: list[dict[str, Any]]) -> None:
+    """The log closed run `run` at `cut` with the root of exactly these statements."""
+    closed = [r for r in ledger.events_of(["settlement.closed"], ledger.head().size)
+              if r.body.get("run") == run]  # fmt: skip
+    if not closed:
+        raise StatementMismatch("run", f"the log has no settlement.closed for run {run}")
+    body = closed[0].body
+    if body.get("cut") != cut:
+        raise StatementMismatch("run", f"the log closed run {run} at {body.get('cut')}, not {cut}")
+    if body.get("statements_root") != statements.statements_root(built).hex():
+        raise StatementMismatch("run", "statements root differs from the settlement.closed event")
 
 
 def _first_difference(got: Mapping[str, Any], want: Mapping[str, Any]) -> str:
@@ -126,11 +141,6 @@ def verify_run(
         if want is None or statements.unsigned_bytes(want) != statements.unsigned_bytes(st):
             detail = _first_difference(st, want) if want else "party has no statement"
             raise StatementMismatch("statement", f"party {st['party']!r}: {detail}")
-    closed = [
-        r
-        for r in ledger.events_of(["settlement.closed"], ledger.head().size)
-        if r.body.get("run") == run
-    ]
-    if closed and closed[0].body.get("statements_root") != statements.statements_root(stored).hex():
-        raise StatementMismatch("run", "statements root differs from the settlement.closed event")
+    if stored:
+        _check_closed(ledger, run, int(stored[0]["cycle"]["to_seq"]), list(recomputed.values()))
     return len(stored)

@@ -222,6 +222,7 @@ def test_story_verifies_and_a_changed_byte_is_found(edvex: Edvex) -> None:
     assert ok.stdout.startswith("ok: 16 events")
     assert edvex.json("log", "verify") == {
         "ok": True,
+        "missing_guards": [],
         "size": STORY_SIZE,
         "batches": STORY_SIZE,
         "root": edvex.json("log", "checkpoint")["root"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from ledger.values import amount_micros, format_timestamp
 from .common import fail
 
 _FIELDS = {"asset", "units", "revenue", "id", "grant"}
+_DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _csv_records(content: str) -> list[tuple[int, Any]]:
         fail("CSV needs a header line with asset,units[,revenue][,id]")
     unknown = set(header) - _FIELDS
     if unknown:
-        fail(f"CSV header: unknown column(s) {', '.join(sorted(unknown))}")
+        fail(f"CSV header: unknown column(s) {', '.join(repr(u) for u in sorted(unknown))}")
     out = []
     for row in reader:
         number = reader.line_num
@@ -88,7 +90,7 @@ def _csv_records(content: str) -> list[tuple[int, Any]]:
             fail(f"line {number}: {len(row)} fields, the header has {len(header)}")
         record: dict[str, Any] = {k: v for k, v in zip(header, row, strict=True) if v != ""}
         units = record.get("units", "")
-        if not units.isdigit():
+        if not _DIGITS.fullmatch(units):
             fail(f"line {number}: units must be a whole number, got {units!r}")
         record["units"] = int(units)
         out.append((number, record))
@@ -100,7 +102,7 @@ def _event(record: Any, party: str, source: str, now: str, seen: Counter[bytes])
         raise ValueError("each line must be a JSON object")
     unknown = set(record) - _FIELDS
     if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}")
+        raise ValueError(f"unknown field(s) {', '.join(repr(u) for u in sorted(unknown))}")
     revenue = record.get("revenue")
     if revenue is not None and not isinstance(revenue, str):
         raise ValueError('revenue must be a decimal string such as "0.35"')

@@ -110,7 +110,7 @@ class Client:
             "party": self.party,
             "kind": kind,
             "public_key": self._key.public_hex,
-            "name": name or self.party,
+            "name": self.party if name is None else name,
         }
         return self._add("party.registered", body, id)
 
@@ -160,7 +160,7 @@ class Client:
         id: str | None = None,
     ) -> str:
         """Grant consent; returns the grant id (generated when not given)."""
-        grant = grant or uuid7()
+        grant = uuid7() if grant is None else grant
         terms = _without_none(
             {
                 "share": share,
@@ -176,7 +176,9 @@ class Client:
                 "grantee": grantee,
                 "purposes": list(purposes),
                 "terms": terms,
-                "valid_from": valid_from or format_timestamp(datetime.now(UTC)),
+                "valid_from": format_timestamp(datetime.now(UTC))
+                if valid_from is None
+                else valid_from,
                 "valid_until": valid_until,
             }
         )
@@ -241,7 +243,15 @@ class Client:
         return self._add("settlement.closed", body, id)
 
     def submit(self, event: Mapping[str, Any]) -> str:
-        """Add an event given as a dict (`type`, `body`, optional `id`, `occurred_at`)."""
+        """Add an event given as a dict (`type`, `body`, optional `id`, `occurred_at`); the
+        actor is always this client's party."""
+        if not isinstance(event, Mapping):
+            raise InvalidEvent(None, "event", "must be a JSON object")
+        unknown = sorted(set(event) - {"type", "body", "id", "occurred_at"})
+        if unknown:
+            event_id = event.get("id") if isinstance(event.get("id"), str) else None
+            raise InvalidEvent(event_id, unknown[0], "not a field a client may set "
+                               "(type, body, id, occurred_at)")  # fmt: skip
         return self._add(
             str(event.get("type")), event.get("body"), event.get("id"), event.get("occurred_at")
         )
@@ -262,7 +272,7 @@ class Client:
                 "id": id if id is not None else uuid7(),
                 "type": type_,
                 "actor": self.party,
-                "occurred_at": occurred_at or now_timestamp(),
+                "occurred_at": now_timestamp() if occurred_at is None else occurred_at,
                 "body": body,
             }
         )

@@ -81,16 +81,21 @@ def _metadata(value: object) -> dict[str, Any] | None:
     return clean or None
 
 
-def _json_value(value: Any, path: str) -> Any:
+_MAX_DEPTH = 32
+
+
+def _json_value(value: Any, path: str, depth: int = 0) -> Any:
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"{path}: nested deeper than {_MAX_DEPTH} levels")
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise ValueError(f"{path}: keys must be strings")
-            out[values.nfc(k)] = _json_value(v, f"{path}.{k}")
+            out[values.nfc(k)] = _json_value(v, f"{path}.{k}", depth + 1)
         return out
     if isinstance(value, list | tuple):
-        return [_json_value(v, path) for v in value]
+        return [_json_value(v, path, depth + 1) for v in value]
     if isinstance(value, float):
         raise ValueError(f"{path}: floats are refused; write numbers as decimal strings")
     if isinstance(value, bool) or value is None:

@@ -165,7 +165,7 @@ def missing_guards(conn: Connection, tables: Sequence[str] = LOG_TABLES) -> list
             "WHERE c.relnamespace = current_schema()::regnamespace AND NOT t.tgisinternal"
         )
     else:
-        wanted = [f"{t}_no_{op}" for t in tables for op in ("update", "delete")]
+        wanted = [f"{t}_no_{op}" for t in tables for op in ("update", "delete", "replace")]
         rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")
     present = {r[0] for r in rows}
     return [name for name in wanted if name not in present]
@@ -179,6 +179,19 @@ def install_guards(conn: Connection, tables: Sequence[str] = LOG_TABLES) -> None
         _install_sqlite_guards(conn, tables)
 
 
+# The keys an INSERT OR REPLACE could collide on: SQLite deletes the old row for a REPLACE without
+# firing DELETE triggers, so an INSERT that would collide is refused before it happens.
+UNIQUE_KEYS: dict[str, list[list[str]]] = {
+    "events": [["seq"], ["id"]],
+    "batches": [["batch"]],
+    "tree_nodes": [["level", "idx"]],
+    "checkpoints": [["size"]],
+    "runs": [["run"]],
+    "statements": [["run", "party"]],
+    "postings": [["run", "n"]],
+}
+
+
 def _install_sqlite_guards(conn: Connection, tables: Sequence[str]) -> None:
     for table in tables:
         for op in ("UPDATE", "DELETE"):
@@ -186,6 +199,17 @@ def _install_sqlite_guards(conn: Connection, tables: Sequence[str]) -> None:
                 f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
                 f"BEGIN SELECT RAISE(ABORT, 'edvex: {table} is append-only ({op} refused)'); END"
             )
+        collides = " OR ".join(
+            f"EXISTS (SELECT 1 FROM {table} WHERE "
+            + " AND ".join(f'"{c}" = NEW."{c}"' for c in key)
+            + ")"
+            for key in UNIQUE_KEYS[table]
+        )
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_replace BEFORE INSERT ON {table} "
+            f"WHEN {collides} "
+            f"BEGIN SELECT RAISE(ABORT, 'edvex: {table} is append-only (REPLACE refused)'); END"
+        )
 
 
 def _install_pg_guards(conn: Connection, tables: Sequence[str]) -> None:

@@ -646,6 +646,7 @@ class Ledger:
                 else:
                     auditor.batch(rec)
             report = auditor.finish()
+            self._check_nothing_past_head(conn, head)
             self._compare_nodes(auditor, stored_nodes)
             if stored_nodes:
                 (level, idx), _ = next(iter(stored_nodes.items()))
@@ -658,6 +659,18 @@ class Ledger:
         """Append-only triggers that someone dropped (verification still recomputes all)."""
         with self._read() as conn:
             return s.missing_guards(conn)
+
+    @staticmethod
+    def _check_nothing_past_head(conn: Connection, head: Head) -> None:
+        """Rows the head does not count are forgeries too (or a half-written append)."""
+        count, top = conn.execute(select(func.count(), func.max(s.events.c.seq))).one()
+        if count != head.size or (top or 0) != head.size:
+            raise IntegrityError(head.size + 1, "log size", f"head says {head.size} events, "
+                                 f"the table holds {count} up to seq {top}")  # fmt: skip
+        batches = conn.execute(select(func.count()).select_from(s.batches)).scalar_one()
+        if batches != head.batches:
+            raise IntegrityError(head.size + 1, "batches", f"head says {head.batches}, "
+                                 f"the table holds {batches}")  # fmt: skip
 
     def _stored_nodes(self, conn: Connection) -> dict[tuple[int, int], bytes]:
         return {(r.level, r.idx): bytes(r.hash) for r in conn.execute(select(s.tree_nodes))}

@@ -91,7 +91,7 @@ def check_signature(statement: Mapping[str, Any], trusted_key: str) -> None:
         raise SignatureInvalid("statement", "no ed25519 signature block")
     if sig.get("key") != trusted_key:
         raise SignatureInvalid(
-            "statement", f"signed by key {str(sig.get('key'))[:16]}…, expected {trusted_key[:16]}…"
+            "statement", f"signed by key {str(sig.get('key'))[:16]}…, not the trusted operator key"
         )
     try:
         raw = bytes.fromhex(str(sig.get("sig")))

@@ -14,13 +14,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from helpers import BACKENDS, PG_URL
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from ledger import KeyPair, Ledger
-
-PG_URL = os.environ.get("EDVEX_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-BACKENDS = ["sqlite", "postgresql"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ledger import Client, KeyPair, Ledger
 from ledger.values import format_timestamp
+
+PG_URL = os.environ.get("EDVEX_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
 
 
 def ts(days: float = 0) -> str:

@@ -27,8 +27,7 @@ import nacl.signing
 import pytest
 import rfc8785
 from click.testing import CliRunner, Result
-from conftest import BACKENDS, PG_URL
-from helpers import Market
+from helpers import BACKENDS, PG_URL, Market
 from sqlalchemy import create_engine, text
 
 from cli.main import cli

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BACKENDS
+from helpers import BACKENDS
 from sqlalchemy import create_engine, text
 from test_cli import STORY_SIZE, Edvex, log_size, quick_story, shared_database
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import rfc8785
-from conftest import BACKENDS
+from helpers import BACKENDS
 from test_cli import Edvex, quick_story, shared_database
 
 from ledger import KeyPair, read_key

@@ -60,8 +60,11 @@ def settle_run() -> None:
             led.close()
         if result.run is None:
             emit(
-                {"run": None, "cut": result.cut, "statements": 0},
-                lambda: out.print(f"nothing to settle: no new events since cut {result.cut}"),
+                {"run": None, "cut": result.cut, "statements": 0},  # cut: the log size now
+                lambda: out.print(
+                    f"nothing to settle: only settlement's own events since the last run "
+                    f"(log size {result.cut})"
+                ),
             )
             return
         emit(
@@ -228,6 +231,11 @@ def verify(statement: Path, operator_key: str, log_source: str | None, no_log: b
             st = loads_strict(statement.read_bytes(), where=str(statement))
         except InvalidEvent as e:
             fail(f"{statement}: {e.reason}")
+        try:  # cheap checks first: a bad statement costs no log restore
+            verify_statement(st, trusted)  # type: ignore[arg-type]
+        except (SignatureInvalid, IntegrityError, ProofInvalid) as e:
+            emit({"ok": False, "reason": str(e)}, lambda: None)
+            fail(f"statement does not verify: {e}", EXIT_VERIFY_FAILED)
         source = log_source or (settings().db if settings().db_given else None)
         if source is None and not sqlite_file_missing(settings().db):
             source = settings().db  # the default database is here: check against it

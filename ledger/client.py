@@ -65,6 +65,7 @@ class Client:
         self._retries = retries
         self._backoff = backoff
         self._buffer: list[Event] = []
+        self._buffered_ids: dict[str, Event] = {}  # the buffer by id, for retried requests
         self._oldest = 0.0
         self._lock = threading.RLock()
         self._error: LedgerError | None = None
@@ -281,6 +282,13 @@ class Client:
     def _buffered(self, event: Event) -> str:
         with self._lock:
             self._raise_pending()
+            waiting = self._buffered_ids.get(event.id)
+            if waiting is not None:  # a retry of a request still in the buffer
+                if waiting != event:
+                    raise InvalidEvent(event.id, "id", "a different event with this id is "
+                                       "waiting in the buffer")  # fmt: skip
+                return event.id
+            self._buffered_ids[event.id] = event
             if not self._buffer:
                 self._oldest = time.monotonic()
             self._buffer.append(event)
@@ -303,9 +311,9 @@ class Client:
             except StoreError:
                 raise  # the ledger could not be reached: the events stay buffered
             except LedgerError:
-                del self._buffer[: len(chunk)]  # rejected: the batch is dropped, the rest stays
+                self._drop(len(chunk))  # rejected: the batch is dropped, the rest stays
                 raise
-            del self._buffer[: len(chunk)]
+            self._drop(len(chunk))
         return results
 
     def _send(self, events: list[Event]) -> AppendResult:
@@ -323,6 +331,11 @@ class Client:
                 if attempt > self._retries:
                     raise
                 time.sleep(self._backoff * 2 ** (attempt - 1))
+
+    def _drop(self, count: int) -> None:
+        for event in self._buffer[:count]:
+            self._buffered_ids.pop(event.id, None)
+        del self._buffer[:count]
 
     def _tick(self) -> None:
         period = max(self._max_delay / 4, 0.01)

@@ -205,6 +205,8 @@ class ConsentGrantedBody(_Model):
             raise ValueError("valid_until must be later than valid_from")
         if self.terms.minimum is not None and self.grantee == ANYONE:
             raise ValueError("a minimum needs a grant that names its grantee, not '*'")
+        if self.terms.minimum is not None and not set(self.purposes) & USE_PURPOSES:
+            raise ValueError("a minimum is owed for use: the grant needs infer or generate")
         return self
 
 

@@ -249,7 +249,7 @@ def check(e: ev.Event, seq: int, recorded_at: str, state: State) -> Effect:
         case ev.AssetDerived():
             return _asset_derived(e, seq, recorded_at, state)
         case ev.SettlementClosed():
-            return _settlement_closed(e, state)
+            return _settlement_closed(e, seq, state)
     raise AssertionError(f"unhandled event type {e.type}")  # pragma: no cover
 
 
@@ -444,8 +444,13 @@ def _resolve_use_grant(e: ev.UsageRecorded, recorded_at: str, state: State) -> G
     return max(candidates, key=lambda g: (g.grantee != ev.ANYONE, g.seq))
 
 
-def _settlement_closed(e: ev.SettlementClosed, state: State) -> Effect:
+def _settlement_closed(e: ev.SettlementClosed, seq: int, state: State) -> Effect:
     party = _registered_actor(e, state)
     if party.party != ev.OPERATOR or party.kind != "operator":
         raise RuleViolation(e.id, "actor", "operator-closes-settlement", f"actor {party.party!r}")
+    expected = f"{ev.RESERVED_ID_PREFIX}settlement:run-{e.body.run}"
+    if e.id != expected:  # one close per run: the id is unique in the log
+        raise RuleViolation(e.id, "id", "one-close-per-run", f"expected {expected!r}")
+    if e.body.cut >= seq:
+        raise RuleViolation(e.id, "body.cut", "cut-in-log", f"cut {e.body.cut} is not before {seq}")
     return Effect()

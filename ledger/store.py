@@ -204,10 +204,15 @@ class Ledger:
     # --- transactions -------------------------------------------------------------------------
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _read(self, snapshot: bool = False) -> Iterator[Connection]:
+        """A read transaction; `snapshot` makes every query of it see one state of the database
+        on PostgreSQL too (SQLite's read transactions are snapshots already)."""
         try:
-            with self.engine.connect() as conn, conn.begin():
-                yield conn
+            with self.engine.connect() as conn:
+                if snapshot and conn.dialect.name == "postgresql":
+                    conn = conn.execution_options(isolation_level="REPEATABLE READ")
+                with conn.begin():
+                    yield conn
         except SQLAlchemyError as e:
             raise _translate(e) from e
 
@@ -633,7 +638,7 @@ class Ledger:
     def verify(self, progress: Callable[[int], None] | None = None) -> AuditReport:
         """Recompute every hash, digest, signature and the tree; raise at the first bad seq."""
         auditor = Auditor()
-        with self._read() as conn:
+        with self._read(snapshot=True) as conn:
             head = self._head(conn)
             stored_nodes = self._stored_nodes(conn)
             for rec in self._records(conn, head.size, parse=False):

@@ -233,7 +233,8 @@ def verify(statement: Path, operator_key: str, log_source: str | None, no_log: b
             fail(f"{statement}: {e.reason}")
         try:  # cheap checks first: a bad statement costs no log restore
             verify_statement(st, trusted)  # type: ignore[arg-type]
-        except (SignatureInvalid, IntegrityError, ProofInvalid) as e:
+        except (SignatureInvalid, IntegrityError, ProofInvalid, InvalidEvent) as e:
+            # a statement that parses but is not what the operator signed failed verification
             emit({"ok": False, "reason": str(e)}, lambda: None)
             fail(f"statement does not verify: {e}", EXIT_VERIFY_FAILED)
         source = log_source or (settings().db if settings().db_given else None)

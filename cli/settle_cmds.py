@@ -231,6 +231,8 @@ def verify(statement: Path, operator_key: str, log_source: str | None, no_log: b
             st = loads_strict(statement.read_bytes(), where=str(statement))
         except InvalidEvent as e:
             fail(f"{statement}: {e.reason}")
+        if not isinstance(st, dict):
+            fail(f"{statement}: not a statement (a JSON object)")
         try:  # cheap checks first: a bad statement costs no log restore
             verify_statement(st, trusted)  # type: ignore[arg-type]
         except (SignatureInvalid, IntegrityError, ProofInvalid, InvalidEvent) as e:

@@ -7,6 +7,7 @@ two runs started at once never settle the same events twice, on SQLite or Postgr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from sqlalchemy import func, insert, inspect, select
 from sqlalchemy.engine import Connection
 
 from ledger import KeyPair, Ledger, LedgerError, SignedBatch
+from ledger.bulk import insert_rows
 from ledger.errors import ConflictError
 from ledger.events import RESERVED_ID_PREFIX, parse_event
 from ledger.schema import events as events_table
@@ -106,7 +108,7 @@ def settle(ledger: Ledger, operator: KeyPair) -> RunResult:
     run = run_prev + 1
     cycle, unsigned = compute_cycle(ledger, run, cut_prev, cut)
     signed = [statements.sign(st, operator) for st in unsigned]
-    root = statements.statements_root(signed)
+    root = statements.statements_root(signed, built=True)
     event = parse_event(
         {
             "id": f"{RESERVED_ID_PREFIX}settlement:run-{run}",
@@ -151,34 +153,24 @@ def _record_run(
     )
     if signed:
         conn.execute(insert(schema.statements), [_statement_row(cycle.run, st) for st in signed])
-    if cycle.postings:
-        conn.execute(
-            insert(schema.postings),
-            [
-                {
-                    "run": cycle.run,
-                    "n": n,
-                    "payer": p.payer,
-                    "payee": p.payee,
-                    "kind": p.kind,
-                    "asset": p.asset,
-                    "via": p.via,
-                    "grant": p.grant,
-                    "units": p.units,
-                    "amount": p.amount,
-                }
-                for n, p in enumerate(cycle.postings, start=1)
-            ],
-        )
+    insert_rows(  # in the order of schema.postings.columns
+        conn,
+        schema.postings,
+        [
+            (cycle.run, n, p.payer, p.payee, p.kind, p.asset, p.via, p.grant, p.units, p.amount)
+            for n, p in enumerate(cycle.postings, start=1)
+        ],
+    )
 
 
 def _statement_row(run: int, st: Mapping[str, Any]) -> dict[str, Any]:
     totals = st["totals"]
+    raw = statements.statement_bytes(st, built=True)
     return {
         "run": run,
         "party": st["party"],
-        "body": statements.statement_bytes(st).decode(),
-        "hash": statements.statement_hash(st),
+        "body": raw.decode(),
+        "hash": hashlib.sha256(raw).digest(),
         "total_in": totals["in"],
         "total_out": totals["out"],
         "total_retained": totals["retained"],

@@ -88,6 +88,7 @@ class DbCycleSource:
     def lineage(self, children: Sequence[str], cut: int) -> dict[str, list[LineageEdge]]:
         e, a = s.edges.c, s.assets.c
         out: dict[str, list[LineageEdge]] = {}
+        shares: dict[str, Fraction] = {}  # few distinct shares: parse each once
         for chunk in _chunks(children):
             q = (
                 select(e.child, e.parent, e.norm_num, e.norm_den, e.share, a.owner, a.parents)
@@ -96,6 +97,9 @@ class DbCycleSource:
                 .order_by(e.child, e.parent)
             )
             for r in self._conn.execute(q):
+                share = shares.get(r.share)
+                if share is None:
+                    share = shares[r.share] = Fraction(r.share)
                 out.setdefault(r.child, []).append(
                     LineageEdge(
                         r.child,
@@ -103,7 +107,7 @@ class DbCycleSource:
                         r.owner,
                         r.parents > 0,
                         Fraction(int(r.norm_num), int(r.norm_den)),
-                        Fraction(r.share),
+                        share,
                     )
                 )
         return out

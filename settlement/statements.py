@@ -32,7 +32,8 @@ def build(
     lines: Sequence[Mapping[str, Any]],
 ) -> dict[str, Any]:
     """An unsigned statement: lines sorted by their canonical bytes, totals summed."""
-    ordered = sorted((dict(line) for line in lines), key=canonical_bytes)
+    # lines built by the cycle: fixed ASCII keys, str and int values
+    ordered = sorted((dict(line) for line in lines), key=_line_key)
     totals = {
         "in": sum(line["amount"] for line in ordered if line["kind"] in IN_KINDS),
         "out": sum(line["amount"] for line in ordered if line["kind"] in OUT_KINDS),
@@ -50,37 +51,42 @@ def build(
     }
 
 
+def _line_key(line: Mapping[str, Any]) -> bytes:
+    return canonical_bytes(line, shape_known=True)
+
+
 def unsigned_part(statement: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in statement.items() if k != "signature"}
 
 
-def unsigned_bytes(statement: Mapping[str, Any]) -> bytes:
-    """The bytes the operator signs: RFC 8785 of everything except `signature`."""
-    return canonical_bytes(unsigned_part(statement))
+def unsigned_bytes(statement: Mapping[str, Any], *, built: bool = False) -> bytes:
+    """The bytes the operator signs: RFC 8785 of everything except `signature`. `built` says
+    the statement came from `build` (fixed ASCII keys), so the shape walk can be skipped."""
+    return canonical_bytes(unsigned_part(statement), shape_known=built)
 
 
 def sign(statement: Mapping[str, Any], operator: KeyPair) -> dict[str, Any]:
-    signature = operator.sign(unsigned_bytes(statement))
+    signature = operator.sign(unsigned_bytes(statement, built=True))
     return {
         **unsigned_part(statement),
         "signature": {"alg": "ed25519", "key": operator.public_hex, "sig": signature.hex()},
     }
 
 
-def statement_bytes(statement: Mapping[str, Any]) -> bytes:
+def statement_bytes(statement: Mapping[str, Any], *, built: bool = False) -> bytes:
     """The whole signed statement as stored and exported: RFC 8785."""
-    return canonical_bytes(dict(statement))
+    return canonical_bytes(dict(statement), shape_known=built)
 
 
-def statement_hash(statement: Mapping[str, Any]) -> bytes:
-    return hashlib.sha256(statement_bytes(statement)).digest()
+def statement_hash(statement: Mapping[str, Any], *, built: bool = False) -> bytes:
+    return hashlib.sha256(statement_bytes(statement, built=built)).digest()
 
 
-def statements_root(statements: Sequence[Mapping[str, Any]]) -> bytes:
+def statements_root(statements: Sequence[Mapping[str, Any]], *, built: bool = False) -> bytes:
     """RFC 9162 Merkle root whose leaves are the SHA-256 of each statement's unsigned bytes
     (what its signature covers), in party order: anyone holding the log can recompute it."""
     ordered = sorted(statements, key=lambda s: str(s["party"]))
-    leaves = [hashlib.sha256(unsigned_bytes(s)).digest() for s in ordered]
+    leaves = [hashlib.sha256(unsigned_bytes(s, built=built)).digest() for s in ordered]
     return merkle.root_from_leaves([merkle.leaf_hash(h) for h in leaves])
 
 

@@ -99,7 +99,7 @@ def _check_closed(ledger: Ledger, run: int, cut: int, built: list[dict[str, Any]
     body = closed[0].body
     if body.get("cut") != cut:
         raise StatementMismatch("run", f"the log closed run {run} at {body.get('cut')}, not {cut}")
-    if body.get("statements_root") != statements.statements_root(built).hex():
+    if body.get("statements_root") != statements.statements_root(built, built=True).hex():
         raise StatementMismatch("run", "statements root differs from the settlement.closed event")
 
 

@@ -234,7 +234,7 @@ def verify(statement: Path, operator_key: str, log_source: str | None, no_log: b
         if not isinstance(st, dict):
             fail(f"{statement}: not a statement (a JSON object)")
         try:  # cheap checks first: a bad statement costs no log restore
-            verify_statement(st, trusted)  # type: ignore[arg-type]
+            verify_statement(st, trusted)
         except (SignatureInvalid, IntegrityError, ProofInvalid, InvalidEvent) as e:
             # a statement that parses but is not what the operator signed failed verification
             emit({"ok": False, "reason": str(e)}, lambda: None)
@@ -249,7 +249,7 @@ def verify(statement: Path, operator_key: str, log_source: str | None, no_log: b
         with tempfile.TemporaryDirectory(prefix="edvex-verify-") as tmp:
             led = None if no_log or source is None else _open_log(source, Path(tmp))
             try:
-                result = verify_statement(st, trusted, led)  # type: ignore[arg-type]
+                result = verify_statement(st, trusted, led)
             except (SignatureInvalid, IntegrityError, ProofInvalid) as e:
                 emit({"ok": False, "reason": str(e)}, lambda: None)
                 fail(f"statement does not verify: {e}", EXIT_VERIFY_FAILED)

@@ -19,6 +19,7 @@ from typing import Any
 from rich.progress import Progress
 
 from ledger import Client, Ledger, LedgerError, RuleViolation
+from ledger.audit import EventRecord
 from ledger.canonical import canonical_bytes, loads_strict
 from ledger.errors import InvalidEvent
 from ledger.events import Event, body_dict, parse_event
@@ -148,6 +149,13 @@ def append_lines(
     return {"lines": len(lines), "appended": appended, "already": already}
 
 
+def same_use(stored: EventRecord, event: Event) -> bool:
+    """The stored event is `event` but for `occurred_at` (a re-run stamps a new time)."""
+    return (stored.type, stored.actor, dict(stored.body)) == (
+        event.type, event.actor, body_dict(event),
+    )  # fmt: skip
+
+
 def _not_yet_imported(ledger: Ledger, part: list[Line]) -> list[Event]:
     """Lines whose id is in the log with the same usage (only `occurred_at`, the time of the
     import, may differ) were imported before: they are skipped. The same id with other usage
@@ -159,8 +167,7 @@ def _not_yet_imported(ledger: Ledger, part: list[Line]) -> list[Event]:
         if stored is None:
             fresh.append(line.event)
             continue
-        mine = (line.event.type, line.event.actor, body_dict(line.event))
-        if (stored.type, stored.actor, dict(stored.body)) != mine:
+        if not same_use(stored, line.event):
             fail(
                 f"line {line.number}: id {line.event.id!r} is already in the log "
                 f"(seq {stored.seq}) with other content"

@@ -11,7 +11,9 @@ from rich.table import Table
 
 from ledger import Client, KeyPair, Ledger, write_key
 from ledger.client import to_micros
+from ledger.events import usage_event
 from ledger.store import OPERATOR
+from ledger.values import now_timestamp
 
 from . import imports
 from .common import (
@@ -340,12 +342,9 @@ def _recorded_before(led: Ledger, event_id: str, by: str, asset_id: str, units: 
     stored = led.find_events([event_id]).get(event_id)
     if stored is None:
         return False
-    body: dict[str, Any] = {"asset": asset_id, "units": units}
-    if revenue is not None:
-        body["revenue"] = to_micros(revenue, "revenue", event_id)
-    if grant is not None:
-        body["grant"] = grant
-    if (stored.type, stored.actor, dict(stored.body)) != ("usage.recorded", by, body):
+    micros = to_micros(revenue, "revenue", event_id)
+    event = usage_event(event_id, by, now_timestamp(), asset_id, units, micros, grant)
+    if not imports.same_use(stored, event):
         fail(f"event {event_id!r}: field 'id': already in the log at seq {stored.seq} "
              "with other content")  # fmt: skip
     emit({"id": event_id, "seq": stored.seq, "already": True},

@@ -231,9 +231,7 @@ def event_bytes(
     """RFC 8785 bytes of an event's signed fields (and its leaf, given `recorded_at`) around a
     body that is already canonical: `actor, body, id, occurred_at, recorded_at, type` is the
     sorted key order of section 3.2.3, and strings escape as section 3.2.2.2 says."""
-    head = b"".join((b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
-                     b',"occurred_at":', _string(occurred_at)))  # fmt: skip
-    tail = b',"type":' + _string(type) + b"}"
+    head, tail = _event_parts(id, type, actor, occurred_at, body)
     if recorded_at is None:
         return head + tail
     return head + b',"recorded_at":' + _string(recorded_at) + tail
@@ -243,10 +241,17 @@ def event_and_leaf_bytes(
     id: str, type: str, actor: str, occurred_at: str, body: bytes, recorded_at: str
 ) -> tuple[bytes, bytes]:
     """`event_bytes` without and with `recorded_at`, sharing the work."""
+    head, tail = _event_parts(id, type, actor, occurred_at, body)
+    return head + tail, head + b',"recorded_at":' + _string(recorded_at) + tail
+
+
+def _event_parts(
+    id: str, type: str, actor: str, occurred_at: str, body: bytes
+) -> tuple[bytes, bytes]:
+    """The bytes before `recorded_at`'s place in the sorted keys, and those after it."""
     head = b"".join((b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
                      b',"occurred_at":', _string(occurred_at)))  # fmt: skip
-    tail = b',"type":' + _string(type) + b"}"
-    return head + tail, head + b',"recorded_at":' + _string(recorded_at) + tail
+    return head, b',"type":' + _string(type) + b"}"
 
 
 def _string(text: str) -> bytes:

@@ -35,7 +35,7 @@ from . import merkle
 from . import schema as s
 from .audit import Auditor, AuditReport, BatchRecord, EventRecord
 from .bulk import insert_rows
-from .canonical import canonical_bytes
+from .canonical import canonical_bytes, event_bytes
 from .checkpoint import Checkpoint, sign_checkpoint
 from .errors import (
     ConflictError,
@@ -50,7 +50,6 @@ from .events import (
     Event,
     batch_digest,
     event_hash,
-    leaf_bytes,
     parse_event,
     shape_known,
     signed_dict,
@@ -383,10 +382,13 @@ class Ledger:
         number = head.batches + 1
         rows, leaves = [], []
         for i, (e, sd, h) in enumerate(zip(batch.events, signed, batch.hashes, strict=True)):
-            known = shape_known(e)
-            leaf = merkle.leaf_hash(leaf_bytes(sd, recorded_at, shape_known=known))
+            # the body is encoded once; the leaf's bytes are built around it
+            body_raw = canonical_bytes(sd["body"], shape_known=shape_known(e))
+            leaf = merkle.leaf_hash(
+                event_bytes(e.id, e.type, e.actor, e.occurred_at, body_raw, recorded_at)
+            )
             leaves.append(leaf)
-            body = canonical_bytes(sd["body"], shape_known=known).decode()
+            body = body_raw.decode()
             # the order of s.events.columns
             rows.append((first + i, e.id, e.type, e.actor, e.occurred_at, recorded_at, body, h,
                          leaf, number))  # fmt: skip
@@ -723,7 +725,7 @@ class Ledger:
         with self._write() as (conn, head):
             if head.size:
                 raise StoreError("restore needs an empty log")
-            rows: list[dict[str, Any]] = []
+            rows: list[tuple[Any, ...]] = []
             for rec in records:
                 if isinstance(rec, BatchRecord):
                     auditor.batch(rec)
@@ -759,9 +761,9 @@ class Ledger:
         return report
 
     @staticmethod
-    def _restore_rows(conn: Connection, auditor: Auditor, rows: list[dict[str, Any]]) -> None:
+    def _restore_rows(conn: Connection, auditor: Auditor, rows: list[tuple[Any, ...]]) -> None:
         if rows:
-            conn.execute(insert(s.events), rows)
+            insert_rows(conn, s.events, rows)
             rows.clear()
         nodes = [
             {"level": lv, "idx": ix, "hash": h}
@@ -819,19 +821,11 @@ def _in_list(col: Any, part: list[str]) -> Any:
     return col.in_(part)
 
 
-def _event_row(rec: EventRecord, leaf: bytes) -> dict[str, Any]:
-    return {
-        "seq": rec.seq,
-        "id": rec.id,
-        "type": rec.type,
-        "actor": rec.actor,
-        "occurred_at": rec.occurred_at,
-        "recorded_at": rec.recorded_at,
-        "body": canonical_bytes(rec.body).decode(),
-        "hash": rec.hash,
-        "leaf": leaf,
-        "batch": rec.batch,
-    }
+def _event_row(rec: EventRecord, leaf: bytes) -> tuple[Any, ...]:
+    """An event row in the order of `s.events.columns`."""
+    body = canonical_bytes(rec.body).decode()
+    return (rec.seq, rec.id, rec.type, rec.actor, rec.occurred_at, rec.recorded_at, body,
+            rec.hash, leaf, rec.batch)  # fmt: skip
 
 
 def _signed_from_row(row: Any) -> dict[str, Any]:

@@ -249,9 +249,50 @@ def _event_parts(
     id: str, type: str, actor: str, occurred_at: str, body: bytes
 ) -> tuple[bytes, bytes]:
     """The bytes before `recorded_at`'s place in the sorted keys, and those after it."""
+    if _plain(id) and _plain(actor) and _plain(occurred_at) and _plain(type):
+        # the common case: ASCII ids and timestamps go between quotes unchanged
+        head = b'{"actor":"%b","body":%b,"id":"%b","occurred_at":"%b"' % (
+            actor.encode(), body, id.encode(), occurred_at.encode())  # fmt: skip
+        return head, b',"type":"%b"}' % type.encode()
     head = b"".join((b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
                      b',"occurred_at":', _string(occurred_at)))  # fmt: skip
     return head, b',"type":' + _string(type) + b"}"
+
+
+def event_parts(
+    id: str, type: str, actor: str, occurred_at: str, body: bytes
+) -> tuple[bytes, bytes]:
+    """An event's canonical bytes around an already canonical `body`, in two parts: the signed
+    bytes are `head + tail`, the Merkle leaf's are `head + recorded_at_member(t) + tail`."""
+    return _event_parts(id, type, actor, occurred_at, body)
+
+
+def recorded_at_member(recorded_at: str) -> bytes:
+    """`,"recorded_at":"..."`, the member a leaf adds between an event's two parts."""
+    return b',"recorded_at":' + _string(recorded_at)
+
+
+def usage_body(asset: str, units: int, revenue: int | None, grant: str | None) -> bytes:
+    """RFC 8785 bytes of a `usage.recorded` body, the log's most common value, without building
+    a dict: keys in sorted order (`asset, grant, revenue, units`), absent ones left out.
+
+    `units` and `revenue` are the models' validated integers (0 to 2**53 - 1), which section
+    3.2.2.3 writes as plain decimal digits.
+    """
+    a = b'"%b"' % asset.encode() if _plain(asset) else _string(asset)
+    if grant is None:
+        if revenue is None:
+            return b'{"asset":%b,"units":%d}' % (a, units)
+        return b'{"asset":%b,"revenue":%d,"units":%d}' % (a, revenue, units)
+    g = b'"%b"' % grant.encode() if _plain(grant) else _string(grant)
+    if revenue is None:
+        return b'{"asset":%b,"grant":%b,"units":%d}' % (a, g, units)
+    return b'{"asset":%b,"grant":%b,"revenue":%d,"units":%d}' % (a, g, revenue, units)
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII without `"` or `\\`: section 3.2.2.2 writes it between quotes unchanged."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def _string(text: str) -> bytes:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import InvalidEvent, LedgerError, PartialDuplicate, StoreError
-from .events import Event, parse_event, usage_event
+from .events import Event, UsageMaker, parse_event
 from .keys import KeyPair, read_key
 from .store import AppendResult, Ledger, SignedBatch
 from .values import amount_micros, format_timestamp, now_timestamp, uuid7
@@ -64,6 +64,8 @@ class Client:
         self._max_delay = max_delay
         self._retries = retries
         self._backoff = backoff
+        self._usage = UsageMaker(party)
+        self._amounts: dict[tuple[type, object], int | None] = {}
         self._buffer: list[Event] = []
         self._buffered_ids: dict[str, Event] = {}  # the buffer by id, for retried requests
         self._oldest = 0.0
@@ -231,11 +233,28 @@ class Client:
     ) -> str:
         """Record one use. A caller retrying a request under its own `id` passes the request's
         `occurred_at` too, so the retry is the same event (a no-op) rather than a conflict."""
-        event_id = id if id is not None else uuid7()
+        fresh = id is None and occurred_at is None  # made here: canonical already
+        event_id = uuid7() if id is None else id
+        micros = self._micros(revenue, event_id)
+        when = now_timestamp() if occurred_at is None else occurred_at
+        return self._buffered(self._usage(event_id, when, asset, units, micros, grant, fresh=fresh))
+
+    def _micros(self, revenue: AmountLike | None, event_id: str) -> int | None:
+        """`to_micros`, remembering the few distinct amounts a service charges."""
+        if revenue is None:
+            return None
+        key = (type(revenue), revenue)
+        try:
+            return self._amounts[key]
+        except KeyError:
+            pass
+        except TypeError:  # not hashable: to_micros says what is wrong with it
+            return to_micros(revenue, "revenue", event_id)
         micros = to_micros(revenue, "revenue", event_id)
-        when = occurred_at if occurred_at is not None else now_timestamp()
-        event = usage_event(event_id, self.party, when, asset, units, micros, grant)
-        return self._buffered(event)
+        if len(self._amounts) >= 1024:
+            self._amounts.clear()
+        self._amounts[key] = micros
+        return micros
 
     def close_settlement(
         self, run: int, cut: int, statements_root: str, *, id: str | None = None

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from . import values
-from .canonical import canonical_bytes
+from .canonical import canonical_bytes, event_parts, usage_body
 from .errors import InvalidEvent
 
 PARTY_KINDS = ("creator", "aggregator", "developer", "deployer", "collective", "operator")
@@ -370,45 +370,99 @@ def usage_event(
     grant: str | None,
 ) -> UsageRecorded:
     """A usage event built with the same checks as `parse_event` applies to one, without
-    pydantic's general machinery: the SDK's hot path (tests hold the two to agreement)."""
-    field = "id"
-    try:
-        event_id = values.identifier(event_id, "identifier")
-        field = "actor"
-        actor = values.identifier(actor, "identifier")
-        field = "occurred_at"
-        occurred_at = values.timestamp(occurred_at, "timestamp")
-        field = "body.asset"
-        asset = values.identifier(asset, "identifier")
-        field = "body.units"
-        if type(units) is not int or not 0 <= units <= values.MAX_MICROS:
-            raise ValueError(f"units must be a whole number from 0 to {values.MAX_MICROS}")
-        field = "body.revenue"
-        if revenue is not None:
-            revenue = values.amount_micros(revenue, "amount")
-        field = "body.grant"
-        if grant is not None:
-            grant = values.identifier(grant, "identifier")
-    except ValueError as e:
-        raise InvalidEvent(event_id if isinstance(event_id, str) else None, field, str(e)) from None
-    body = _construct(UsageRecordedBody, asset=asset, units=units, revenue=revenue, grant=grant)
-    return _construct(
-        UsageRecorded,
-        id=event_id, actor=actor, occurred_at=occurred_at, type="usage.recorded", body=body,
-    )  # fmt: skip
+    pydantic's general machinery (tests hold the two to agreement)."""
+    return UsageMaker(actor)(event_id, occurred_at, asset, units, revenue, grant)
+
+
+class UsageMaker:
+    """Usage events of one actor, checked as `usage_event` checks them, remembering the assets
+    and grants already checked: the SDK's hot path, where one service records millions of uses
+    of a few assets. Ids and times the SDK made itself (`fresh=True`) are canonical already."""
+
+    _REMEMBER = 4096  # distinct identifiers kept; past that the memory starts over
+
+    def __init__(self, actor: object) -> None:
+        self._actor = actor
+        self._known: dict[str, str] = {}
+
+    def __call__(
+        self,
+        event_id: str,
+        occurred_at: str,
+        asset: str,
+        units: object,
+        revenue: int | None,
+        grant: str | None,
+        *,
+        fresh: bool = False,
+    ) -> UsageRecorded:
+        field = "id"
+        try:
+            if not fresh:
+                event_id = values.identifier(event_id, "identifier")
+            field = "actor"
+            actor = self._identifier(self._actor)
+            if not fresh:
+                field = "occurred_at"
+                occurred_at = values.timestamp(occurred_at, "timestamp")
+            field = "body.asset"
+            asset = self._identifier(asset)
+            field = "body.units"
+            if type(units) is not int or not 0 <= units <= values.MAX_MICROS:
+                raise ValueError(f"units must be a whole number from 0 to {values.MAX_MICROS}")
+            field = "body.revenue"
+            if revenue is not None and (type(revenue) is not int or
+                                        not 0 <= revenue <= values.MAX_MICROS):  # fmt: skip
+                revenue = values.amount_micros(revenue, "amount")
+            field = "body.grant"
+            if grant is not None:
+                grant = self._identifier(grant)
+        except ValueError as e:
+            raise InvalidEvent(
+                event_id if isinstance(event_id, str) else None, field, str(e)
+            ) from None
+        fields = {"asset": asset, "units": units, "revenue": revenue, "grant": grant}
+        body = _construct(UsageRecordedBody, _USAGE_BODY_FIELDS, fields)
+        return _construct(
+            UsageRecorded,
+            _EVENT_FIELDS,
+            {"id": event_id, "type": "usage.recorded", "actor": actor,
+             "occurred_at": occurred_at, "body": body},
+        )  # fmt: skip
+
+    def _identifier(self, value: object) -> str:
+        if type(value) is str:
+            known = self._known.get(value)
+            if known is not None:
+                return known
+        checked = values.identifier(value, "identifier")
+        if len(self._known) >= self._REMEMBER:
+            self._known.clear()
+        self._known[str(value)] = checked  # a str: identifier refuses anything else
+        return checked
 
 
 _M = TypeVar("_M", bound=BaseModel)
+_USAGE_BODY_FIELDS: frozenset[str] = frozenset(("asset", "units", "revenue", "grant"))
+_EVENT_FIELDS: frozenset[str] = frozenset(("id", "type", "actor", "occurred_at", "body"))
+# BaseModel's own slots, set through their descriptors: the quickest way to fill an instance
+_SLOTS = BaseModel.__dict__
+_set_dict = _SLOTS["__dict__"].__set__
+_set_fields_set = _SLOTS["__pydantic_fields_set__"].__set__
+_set_extra = _SLOTS["__pydantic_extra__"].__set__
+_set_private = _SLOTS["__pydantic_private__"].__set__
 
 
-def _construct(cls: type[_M], **fields: Any) -> _M:
+def _construct(cls: type[_M], names: frozenset[str], fields: dict[str, Any]) -> _M:
     """An instance from already-validated fields, as `model_construct` makes it but without its
-    per-call bookkeeping (every field is given, none is private or extra)."""
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", fields)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
+    per-call bookkeeping (every field is given, none is private or extra). The set of fields
+    given is one frozenset shared by every instance: millions of usage events pass through the
+    SDK, and a set each would be that many more objects for the garbage collector to scan."""
+    obj = object.__new__(cls)
+    _set_dict(obj, fields)
+    _set_fields_set(obj, names)
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 
@@ -447,6 +501,23 @@ def signed_bytes(event: Event, signed: dict[str, Any] | None = None) -> bytes:
 
 def event_hash(event: Event, signed: dict[str, Any] | None = None) -> bytes:
     return hashlib.sha256(signed_bytes(event, signed)).digest()
+
+
+Encoded: TypeAlias = tuple[bytes, bytes, bytes]
+"""An event's canonical body, and the two parts of its canonical bytes around that body (see
+`canonical.event_parts`): the hash is over `head + tail`, the leaf over `head + recorded + tail`."""
+
+
+def encode(event: Event) -> Encoded:
+    """The bytes of `signed_bytes`, split so the body and the leaf reuse them without a second
+    encoding. Usage events, most of the log, are written straight from their fields."""
+    if type(event) is UsageRecorded:
+        b = event.body
+        body = usage_body(b.asset, b.units, b.revenue, b.grant)
+    else:
+        body = canonical_bytes(body_dict(event), shape_known=shape_known(event))
+    head, tail = event_parts(event.id, event.type, event.actor, event.occurred_at, body)
+    return body, head, tail
 
 
 def leaf_bytes(signed: dict[str, Any], recorded_at: str, *, shape_known: bool = False) -> bytes:

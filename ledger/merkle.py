@@ -62,6 +62,12 @@ def leaf_hash(data: bytes) -> bytes:
     return sha256(_LEAF_PREFIX + data).digest()
 
 
+def leaf_hashes(data: Iterable[bytes]) -> list[bytes]:
+    """`leaf_hash` of each item, in one pass."""
+    digest, prefix = sha256, _LEAF_PREFIX
+    return [digest(prefix + d).digest() for d in data]
+
+
 def node_hash(left: bytes, right: bytes) -> bytes:
     """RFC 9162 2.1.1: the interior node HASH(0x01 || left || right)."""
     return sha256(_NODE_PREFIX + left + right).digest()
@@ -155,11 +161,25 @@ class Frontier:
         self._size = index + 1
         return completed
 
-    def extend(self, leaves: Iterable[bytes]) -> Completed:
-        """Append many leaf hashes in order; return every perfect subtree they completed."""
+    def extend(self, leaves: Iterable[bytes], min_level: int = 1) -> Completed:
+        """Append many leaf hashes in order; return every perfect subtree they completed from
+        `min_level` up (a store keeping only the larger subtrees asks for fewer)."""
         completed: Completed = []
+        hashes, size = self._hashes, self._size
+        digest, prefix = sha256, _NODE_PREFIX
         for leaf in leaves:
-            completed.extend(self.append(leaf))
+            if len(leaf) != HASH_SIZE:
+                raise ValueError(f"leaf hash is {len(leaf)} bytes, expected {HASH_SIZE}")
+            node, index, level = leaf, size, 0
+            while index & 1:  # merge equal-sized subtrees, as a binary counter carries
+                node = digest(prefix + hashes.pop() + node).digest()
+                index >>= 1
+                level += 1
+                if level >= min_level:
+                    completed.append((level, index, node))
+            hashes.append(node)
+            size += 1
+            self._size = size
         return completed
 
     def root(self) -> bytes:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Row
 from . import schema as s
 from .bulk import insert_rows
 from .canonical import canonical_bytes
-from .rules import Asset, Edge, Effect, Grant, Party
+from .rules import Asset, Edge, Effect, Grant, Party, UsageRow
 
 _CHUNK = 500  # ids per IN (...) list
 
@@ -95,9 +95,13 @@ def edge_from_row(r: Row[Any]) -> Edge:
     return Edge(r.child, r.parent, r.weight, norm, r.grant, r.share, json.loads(r.terms), r.seq)
 
 
-def write_effects(conn: Connection, effects: Sequence[Effect]) -> None:
-    """Insert and update the projection rows that `effects` describe, in log order."""
+def write_effects(
+    conn: Connection, effects: Sequence[Effect], uses: Sequence[UsageRow] = ()
+) -> None:
+    """Insert and update the projection rows that `effects` describe, in log order, and the
+    usage rows `uses` checked apart from them (`rules.check_usage`)."""
     new_parties, rotated, new_assets, new_grants, revoked, edges, usage = _split(effects)
+    usage.extend(uses)
     if new_parties:
         conn.execute(s.parties.insert(), [_party_row(p) for p in new_parties])
     for p in rotated:  # rare: one statement each keeps the order of rotations

@@ -139,6 +139,11 @@ class State:
         grant_ids: set[str] = set()
         for e in batch:
             body = e.body
+            if type(body) is ev.UsageRecordedBody:  # most events: one type test
+                asset_ids.add(body.asset)
+                if body.grant is not None:
+                    grant_ids.add(body.grant)
+                continue
             if isinstance(body, ev.UsageRecordedBody | ev.ConsentGrantedBody):
                 asset_ids.add(body.asset)
             if isinstance(body, ev.AssetDerivedBody):
@@ -230,9 +235,8 @@ def check(e: ev.Event, seq: int, recorded_at: str, state: State) -> Effect:
     """Validate one event at `seq` against `state`; return what it changes."""
     if e.id.startswith(ev.RESERVED_ID_PREFIX) and e.actor != ev.OPERATOR:
         raise RuleViolation(e.id, "id", "reserved-id", f"ids starting {ev.RESERVED_ID_PREFIX!r}")
-    if e.type == "usage.recorded":  # the hot path: most events are usage
-        _registered_actor(e, state)
-        return _usage_recorded(e, seq, recorded_at, state)
+    if type(e) is ev.UsageRecorded:
+        return Effect(usage=Usage(*_usage_row(e, seq, recorded_at, state)))
     if not isinstance(e, ev.PartyRegistered):
         _registered_actor(e, state)
     match e:
@@ -380,14 +384,28 @@ def _derivation_grant(
     return grant
 
 
-def _usage_recorded(e: ev.UsageRecorded, seq: int, recorded_at: str, state: State) -> Effect:
+UsageRow = tuple[int, str, str, str | None, int, int]
+"""`seq, asset, actor, grant, units, revenue`: a use's row in the usage projection."""
+
+
+def check_usage(e: ev.UsageRecorded, seq: int, recorded_at: str, state: State) -> UsageRow:
+    """`check` for a usage event, returning its projection row: the ingest hot path."""
+    if e.id.startswith(ev.RESERVED_ID_PREFIX) and e.actor != ev.OPERATOR:
+        raise RuleViolation(e.id, "id", "reserved-id", f"ids starting {ev.RESERVED_ID_PREFIX!r}")
+    return _usage_row(e, seq, recorded_at, state)
+
+
+def _usage_row(e: ev.UsageRecorded, seq: int, recorded_at: str, state: State) -> UsageRow:
     b = e.body
     key = (b.asset, e.actor, b.grant, recorded_at)
     grant_id = state.resolved.get(key, _UNRESOLVED)
     if grant_id is _UNRESOLVED:
+        # resolved once per (asset, actor, grant) until an event changes the state: a party
+        # registered, an asset or a grant added or revoked clears what was resolved
+        _registered_actor(e, state)
         grant_id = _usage_grant(e, recorded_at, state)
         state.resolved[key] = grant_id
-    return Effect(usage=Usage(seq, b.asset, e.actor, grant_id, b.units, b.revenue or 0))
+    return (seq, b.asset, e.actor, grant_id, b.units, b.revenue or 0)
 
 
 _UNRESOLVED = "\0unresolved"

@@ -6,6 +6,7 @@ This is the only module of the ledger that touches the database. Driver errors a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from . import merkle
 from . import schema as s
 from .audit import Auditor, AuditReport, BatchRecord, EventRecord
 from .bulk import insert_rows
-from .canonical import canonical_bytes, event_bytes
+from .canonical import canonical_bytes, recorded_at_member
 from .checkpoint import Checkpoint, sign_checkpoint
 from .errors import (
     ConflictError,
@@ -46,17 +47,10 @@ from .errors import (
     StoreError,
 )
 from .events import OPERATOR as OPERATOR
-from .events import (
-    Event,
-    batch_digest,
-    event_hash,
-    parse_event,
-    shape_known,
-    signed_dict,
-)
+from .events import Encoded, Event, UsageRecorded, batch_digest, encode, parse_event
 from .keys import KeyPair, verify_signature
 from .projections import DbSource, edge_from_row, grant_from_row, write_effects
-from .rules import EmptySource, Grant, State, check, check_signer
+from .rules import EmptySource, Grant, State, check, check_signer, check_usage
 from .values import format_timestamp, uuid7
 
 DEFAULT_URL = "sqlite:///edvex.db"
@@ -66,6 +60,7 @@ MAX_BATCH = 100_000
 NODE_LEVEL = 4
 _READ_CHUNK = 10_000
 _ID_CHUNK = 500
+_SQLITE_ID_CHUNK = 10_000  # below SQLite's 32,766 parameters a statement
 
 Clock = Callable[[], datetime]
 
@@ -88,17 +83,18 @@ class SignedBatch:
         batch = cls(actor, key.public_hex, tuple(events), b"")
         signed = cls(actor, key.public_hex, batch.events, key.sign(batch.digest))
         # computed once: the events are immutable
-        signed.__dict__["signed"], signed.__dict__["hashes"] = batch.signed, batch.hashes
+        signed.__dict__["encoded"], signed.__dict__["hashes"] = batch.encoded, batch.hashes
         return signed
 
     @cached_property
-    def signed(self) -> list[dict[str, Any]]:
-        """Each event's `id, type, actor, occurred_at, body`, as hashed."""
-        return [signed_dict(e) for e in self.events]
+    def encoded(self) -> list[Encoded]:
+        """Each event's canonical body and the parts of its signed bytes (`events.encode`)."""
+        return [encode(e) for e in self.events]
 
     @cached_property
     def hashes(self) -> list[bytes]:
-        return [event_hash(e, sd) for e, sd in zip(self.events, self.signed, strict=True)]
+        sha = hashlib.sha256
+        return [sha(head + tail).digest() for _body, head, tail in self.encoded]
 
     @cached_property
     def digest(self) -> bytes:
@@ -313,7 +309,6 @@ class Ledger:
         """
         self._check_batch_shape(batch)
         verify_signature(batch.key, batch.digest, batch.signature, f"batch of {batch.actor!r}")
-        signed = batch.signed
         with self._write() as (conn, head):
             known = self._known_ids(conn, batch)
             if known is not None:
@@ -322,13 +317,18 @@ class Ledger:
             state = State(DbSource(conn))
             state.prefetch(batch.events)
             check_signer(batch.actor, batch.key, batch.events[0], state)
-            effects = []
-            for i, e in enumerate(batch.events):
-                effect = check(e, head.size + 1 + i, recorded_at, state)
-                state.apply(effect)
-                effects.append(effect)
-            result = self._insert(conn, head, batch, signed, recorded_at)
-            write_effects(conn, effects)
+            effects, uses = [], []
+            seq = head.size + 1
+            for e in batch.events:
+                if type(e) is UsageRecorded:  # most of the log: checked without an Effect
+                    uses.append(check_usage(e, seq, recorded_at, state))
+                else:
+                    effect = check(e, seq, recorded_at, state)
+                    state.apply(effect)
+                    effects.append(effect)
+                seq += 1
+            result = self._insert(conn, head, batch, recorded_at)
+            write_effects(conn, effects, uses)
             if within is not None:
                 within(conn, result)
             return result
@@ -339,26 +339,23 @@ class Ledger:
             raise InvalidEvent(None, "events", "a batch needs at least one event")
         if len(batch.events) > MAX_BATCH:
             raise InvalidEvent(None, "events", f"a batch holds at most {MAX_BATCH} events")
-        ids = set()
-        for e in batch.events:
-            if e.actor != batch.actor:
-                raise InvalidEvent(
-                    e.id,
-                    "actor",
-                    f"all events of a batch have one actor ({batch.actor!r}), got {e.actor!r}",
-                )
-            if e.id in ids:
-                raise InvalidEvent(e.id, "id", "the id appears twice in one batch")
-            ids.add(e.id)
+        actor = batch.actor
+        stranger = next((e for e in batch.events if e.actor != actor), None)
+        if stranger is not None:
+            raise InvalidEvent(stranger.id, "actor",
+                               f"all events of a batch have one actor ({actor!r}), got "
+                               f"{stranger.actor!r}")  # fmt: skip
+        if len({e.id for e in batch.events}) != len(batch.events):
+            seen: set[str] = set()
+            for e in batch.events:
+                if e.id in seen:
+                    raise InvalidEvent(e.id, "id", "the id appears twice in one batch")
+                seen.add(e.id)
 
     def _known_ids(self, conn: Connection, batch: SignedBatch) -> AppendResult | None:
         """Idempotency: all known with equal hashes is the original result; a mix is an error."""
-        found: dict[str, tuple[int, bytes, str]] = {}
         ids = [e.id for e in batch.events]
-        c = s.events.c
-        for chunk in _id_lists(conn, ids):
-            q = select(c.id, c.seq, c.hash, c.recorded_at).where(chunk(c.id))
-            found.update({r.id: (r.seq, r.hash, r.recorded_at) for r in conn.execute(q)})
+        found = {r[0]: (r[1], bytes(r[2]), r[3]) for r in _rows_with_ids(conn, ids)}
         if not found:
             return None
         for e, h in zip(batch.events, batch.hashes, strict=True):
@@ -371,30 +368,24 @@ class Ledger:
         return AppendResult(None, seqs, found[ids[0]][2])
 
     def _insert(
-        self,
-        conn: Connection,
-        head: Head,
-        batch: SignedBatch,
-        signed: list[dict[str, Any]],
-        recorded_at: str,
+        self, conn: Connection, head: Head, batch: SignedBatch, recorded_at: str
     ) -> AppendResult:
         first = head.size + 1
         number = head.batches + 1
-        rows, leaves = [], []
-        for i, (e, sd, h) in enumerate(zip(batch.events, signed, batch.hashes, strict=True)):
-            # the body is encoded once; the leaf's bytes are built around it
-            body_raw = canonical_bytes(sd["body"], shape_known=shape_known(e))
-            leaf = merkle.leaf_hash(
-                event_bytes(e.id, e.type, e.actor, e.occurred_at, body_raw, recorded_at)
+        last = first + len(batch.events) - 1
+        # each event was encoded once (`SignedBatch.encoded`); the leaf is built around it
+        member = recorded_at_member(recorded_at)
+        encoded = batch.encoded
+        leaves = merkle.leaf_hashes([h + member + t for _body, h, t in encoded])
+        rows = [  # the order of s.events.columns
+            (seq, e.id, e.type, e.actor, e.occurred_at, recorded_at, enc[0].decode(), h, leaf,
+             number)
+            for seq, e, enc, h, leaf in zip(
+                range(first, last + 1), batch.events, encoded, batch.hashes, leaves, strict=True
             )
-            leaves.append(leaf)
-            body = body_raw.decode()
-            # the order of s.events.columns
-            rows.append((first + i, e.id, e.type, e.actor, e.occurred_at, recorded_at, body, h,
-                         leaf, number))  # fmt: skip
-        last = first + len(rows) - 1
+        ]  # fmt: skip
         frontier = merkle.Frontier(head.frontier.size, list(head.frontier.hashes))
-        nodes = [n for n in frontier.extend(leaves) if n[0] >= NODE_LEVEL]
+        nodes = frontier.extend(leaves, min_level=NODE_LEVEL)
         conn.execute(
             insert(s.batches).values(
                 batch=number,
@@ -817,8 +808,24 @@ def _id_lists(conn: Connection, ids: list[str]) -> Iterator[Callable[[Any], Any]
         yield partial(_in_list, part=ids[i : i + _ID_CHUNK])
 
 
+def _rows_with_ids(conn: Connection, ids: list[str]) -> Iterator[Sequence[Any]]:
+    """`id, seq, hash, recorded_at` of the stored events with these ids, through the driver:
+    append asks this of every batch, and building a statement of thousands of parameters
+    costs more than the lookup itself."""
+    if conn.dialect.name == "postgresql":
+        sql = "SELECT id, seq, hash, recorded_at FROM events WHERE id = ANY(%s)"
+        yield from conn.exec_driver_sql(sql, (ids,))
+        return
+    for i in range(0, len(ids), _SQLITE_ID_CHUNK):
+        part = tuple(ids[i : i + _SQLITE_ID_CHUNK])
+        marks = ",".join("?" * len(part))
+        sql = f"SELECT id, seq, hash, recorded_at FROM events WHERE id IN ({marks})"
+        yield from conn.exec_driver_sql(sql, part)
+
+
 def _in_list(col: Any, part: list[str]) -> Any:
-    return col.in_(part)
+    # one expanding parameter: the statement compiles once and is cached, whatever the ids
+    return col.in_(bindparam("ids", part, expanding=True))
 
 
 def _event_row(rec: EventRecord, leaf: bytes) -> tuple[Any, ...]:

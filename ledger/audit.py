@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, NamedTuple
 
 from . import merkle
-from .canonical import canonical_bytes, event_and_leaf_bytes, event_bytes
+from .canonical import (
+    PLAIN_HEAD,
+    canonical_bytes,
+    event_and_leaf_bytes,
+    event_bytes,
+    event_parts,
+    plain,
+    recorded_at_member,
+)
 from .errors import IntegrityError, LedgerError
-from .events import batch_digest
+from .events import EVENT_TYPES, batch_digest
 from .keys import verify_signature
 
 
@@ -115,8 +124,9 @@ class AuditReport:
 class Auditor:
     """Feeds on records in log order; `finish` returns the recomputed tree."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_nodes_from: int = 1) -> None:
         self.frontier = merkle.Frontier.empty()
+        self._keep = keep_nodes_from  # completed subtrees of lower levels are not reported
         self._keys: dict[str, str] = {}
         self._batch: BatchRecord | None = None
         self._hashes: list[bytes] = []
@@ -158,10 +168,72 @@ class Auditor:
         leaf = merkle.leaf_hash(leaf_data)
         if rec.leaf is not None and rec.leaf != leaf:
             raise IntegrityError(seq, "leaf hash", "stored leaf differs from the recomputed one")
-        self.new_nodes.extend(self.frontier.append(leaf))
+        keep = self._keep
+        self.new_nodes.extend(n for n in self.frontier.append(leaf) if n[0] >= keep)
         if seq == batch.last_seq:
             self._close_batch()
         return leaf
+
+    def stored_events(self, rows: Sequence[StoredRow]) -> None:
+        """Check events as the database holds them (`StoredRow`), all of the current batch.
+
+        The same checks as `event`, in one loop over the rows with the canonical bytes built
+        around each stored body. A row it cannot pass (the first of a batch, whose key is
+        checked; a party event, which changes keys; anything that differs) goes through
+        `event`, which raises naming the seq or accepts it, and the loop goes on after it.
+        """
+        i, n = 0, len(rows)
+        while i < n:
+            i += self._stored_run(rows, i)
+            if i < n:
+                self.event(_record(rows[i]))
+                i += 1
+
+    def _stored_run(self, rows: Sequence[StoredRow], start: int) -> int:
+        """How many rows from `start` pass every check; their effects are applied."""
+        batch = self._batch
+        if batch is None:
+            return 0
+        expected = self.size + 1
+        if expected == batch.first_seq:
+            return 0  # the batch's key is checked by `event`
+        number, actor, last_seq = batch.batch, batch.actor, batch.last_seq
+        run = rows[start:]
+        if not plain(actor):
+            return 0
+        # ids and times that RFC 8785 writes between quotes unchanged, checked all at once
+        end = len(run)
+        if not plain("".join([r[1] for r in run]) + "".join([r[4] for r in run])):
+            end = next(i for i, r in enumerate(run) if not (plain(r[1]) and plain(r[4])))
+        last_recorded = self._last_recorded
+        member_at, member = "", b""  # a batch shares one recorded_at, hence one leaf member
+        tails = _TAILS
+        digest, leaf_prefix = hashlib.sha256, b"\x00"
+        hashes, leaves = self._hashes, []
+        for row in islice(run, end):
+            seq, id_, type_, actor_, occurred_at, recorded_at, body, stored, leaf, batch_no = row
+            tail = tails.get(type_)
+            if (seq != expected or batch_no != number or seq > last_seq or actor_ != actor
+                    or recorded_at < last_recorded or tail is None):  # fmt: skip
+                break
+            if recorded_at != member_at:
+                member_at, member = recorded_at, recorded_at_member(recorded_at)
+            head = (PLAIN_HEAD % (actor, body, id_, occurred_at)).encode()
+            if digest(head + tail).digest() != stored:
+                break
+            recomputed = digest(leaf_prefix + head + member + tail).digest()
+            if recomputed != leaf:
+                break
+            hashes.append(stored)
+            leaves.append(recomputed)
+            last_recorded = recorded_at
+            expected += 1
+        if leaves:
+            self._last_recorded = last_recorded
+            self.new_nodes.extend(self.frontier.extend(leaves, min_level=self._keep))
+            if self.size == last_seq:
+                self._close_batch()
+        return len(leaves)
 
     def _check_hash(self, rec: EventRecord, signed: bytes) -> None:
         recomputed = hashlib.sha256(signed).digest()
@@ -216,6 +288,22 @@ class Auditor:
                 self.size + 1, "batch range", f"batch {self._batch.batch} is incomplete"
             )
         return AuditReport(self.size, self._batches, self.frontier.root())
+
+
+StoredRow = tuple[int, str, str, str, str, str, str, bytes, bytes, int]
+"""An event row in the events table's column order: `seq, id, type, actor, occurred_at,
+recorded_at, body (the canonical text), hash, leaf, batch`."""
+
+_KEY_EVENTS = frozenset(("party.registered", "party.key_rotated"))
+# the tails of event types `Auditor.stored_events` checks in its loop (the key events change
+# what the next batches are checked against, so `event` takes them)
+_TAILS = {t: event_parts("", t, "", "", b"")[1] for t in EVENT_TYPES if t not in _KEY_EVENTS}
+
+
+def _record(row: StoredRow) -> EventRecord:
+    seq, id_, type_, actor, occurred_at, recorded_at, body, stored, leaf, batch = row
+    return EventRecord(seq, id_, type_, actor, occurred_at, recorded_at, {}, bytes(stored),
+                       batch, body, bytes(leaf))  # fmt: skip
 
 
 def audit(records: Iterable[BatchRecord | EventRecord]) -> tuple[Auditor, AuditReport]:

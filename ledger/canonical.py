@@ -267,6 +267,18 @@ def event_parts(
     return _event_parts(id, type, actor, occurred_at, body)
 
 
+PLAIN_HEAD: Final = '{"actor":"%s","body":%s,"id":"%s","occurred_at":"%s"'
+"""`event_parts`'s head as a text template, for `actor`, `id` and `occurred_at` that are all
+`plain` and a `body` that is canonical text: filling it in and encoding it as UTF-8 gives the
+same bytes, without a check per string (callers check many at once)."""
+
+
+def plain(text: str) -> bool:
+    """Printable ASCII without `"` or `\\`: section 3.2.2.2 writes it between quotes unchanged
+    (so does any concatenation of such strings, which lets a caller check many at once)."""
+    return _plain(text)
+
+
 def recorded_at_member(recorded_at: str) -> bytes:
     """`,"recorded_at":"..."`, the member a leaf adds between an event's two parts."""
     return b',"recorded_at":' + _string(recorded_at)

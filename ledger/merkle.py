@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from hashlib import sha256
+from itertools import count, repeat
 
 from .errors import IntegrityError, ProofInvalid
 
@@ -163,23 +164,39 @@ class Frontier:
 
     def extend(self, leaves: Iterable[bytes], min_level: int = 1) -> Completed:
         """Append many leaf hashes in order; return every perfect subtree they completed from
-        `min_level` up (a store keeping only the larger subtrees asks for fewer)."""
-        completed: Completed = []
-        hashes, size = self._hashes, self._size
-        digest, prefix = sha256, _NODE_PREFIX
-        for leaf in leaves:
+        `min_level` up (a store keeping only the larger subtrees asks for fewer).
+
+        Level by level, as a binary counter adds a number: the run of new nodes at a level
+        takes the frontier's node there as its left neighbour when it starts at an odd index,
+        pairs up into the next level's run, and leaves an odd last node as the new frontier
+        node of its level. Every node is hashed once, in one comprehension per level.
+        """
+        run = list(leaves)
+        added = len(run)
+        for leaf in run:
             if len(leaf) != HASH_SIZE:
                 raise ValueError(f"leaf hash is {len(leaf)} bytes, expected {HASH_SIZE}")
-            node, index, level = leaf, size, 0
-            while index & 1:  # merge equal-sized subtrees, as a binary counter carries
-                node = digest(prefix + hashes.pop() + node).digest()
-                index >>= 1
-                level += 1
-                if level >= min_level:
-                    completed.append((level, index, node))
-            hashes.append(node)
-            size += 1
-            self._size = size
+        size = self._size
+        pending = {lv: h for lv, h in zip(_set_bits(size), self._hashes, strict=True)}
+        completed: Completed = []
+        digest, prefix = sha256, _NODE_PREFIX
+        level, start = 0, size  # `start` is the run's first index at this level
+        while run:
+            if start & 1:  # the frontier's node here is the run's left neighbour
+                run.insert(0, pending.pop(level))
+                start -= 1
+            up = [
+                digest(prefix + a + b).digest() for a, b in zip(run[::2], run[1::2], strict=False)
+            ]
+            if len(run) & 1:
+                pending[level] = run[-1]
+            level += 1
+            start >>= 1
+            if level >= min_level:
+                completed.extend(zip(repeat(level), count(start), up))
+            run = up
+        self._size = size + added
+        self._hashes = [pending[lv] for lv in sorted(pending, reverse=True)]
         return completed
 
     def root(self) -> bytes:
@@ -202,6 +219,11 @@ class Frontier:
 
     def __repr__(self) -> str:
         return f"Frontier(size={self._size}, root={self.root().hex()})"
+
+
+def _set_bits(size: int) -> list[int]:
+    """The levels of the perfect subtrees a tree of `size` leaves ends with, largest first."""
+    return [lv for lv in range(size.bit_length() - 1, -1, -1) if size >> lv & 1]
 
 
 def _check_frontier(size: int, hashes: Sequence[bytes]) -> None:

@@ -34,7 +34,7 @@ from sqlalchemy.pool import NullPool
 
 from . import merkle
 from . import schema as s
-from .audit import Auditor, AuditReport, BatchRecord, EventRecord
+from .audit import Auditor, AuditReport, BatchRecord, EventRecord, StoredRow
 from .bulk import insert_rows
 from .canonical import canonical_bytes, recorded_at_member
 from .checkpoint import Checkpoint, sign_checkpoint
@@ -420,6 +420,26 @@ class Ledger:
             yield from self._records(conn, size)
 
     @staticmethod
+    def _batch_records(conn: Connection, size: int) -> Iterator[BatchRecord]:
+        b = s.batches.c
+        rows = conn.execute(select(s.batches).where(b.first_seq <= size).order_by(b.batch))
+        return iter([_batch_record(r) for r in rows])
+
+    @staticmethod
+    def _row_chunks(conn: Connection, size: int) -> Iterator[list[StoredRow]]:
+        """Event rows up to `size` as plain tuples (`StoredRow`), a chunk at a time, read
+        through the driver: verification reads every row of the log."""
+        mark = "%s" if conn.dialect.name == "postgresql" else "?"
+        columns = ", ".join(c.name for c in s.events.columns)
+        sql = f"SELECT {columns} FROM events WHERE seq BETWEEN {mark} AND {mark} ORDER BY seq"
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        for start in range(1, size + 1, _READ_CHUNK):
+            rows = raw.execute(sql, (start, min(size, start + _READ_CHUNK - 1))).fetchall()
+            if rows:
+                yield rows
+
+    @staticmethod
     def _records(
         conn: Connection, size: int, parse: bool = True
     ) -> Iterator[BatchRecord | EventRecord]:
@@ -630,19 +650,26 @@ class Ledger:
 
     def verify(self, progress: Callable[[int], None] | None = None) -> AuditReport:
         """Recompute every hash, digest, signature and the tree; raise at the first bad seq."""
-        auditor = Auditor()
+        auditor = Auditor(keep_nodes_from=NODE_LEVEL)
         with self._read(snapshot=True) as conn:
             head = self._head(conn)
             stored_nodes = self._stored_nodes(conn)
-            for rec in self._records(conn, head.size, parse=False):
-                if isinstance(rec, EventRecord):
-                    auditor.event(rec)
-                    if rec.seq % _READ_CHUNK == 0 or rec.seq == head.size:
-                        self._compare_nodes(auditor, stored_nodes)
-                        if progress is not None:
-                            progress(rec.seq)
-                else:
-                    auditor.batch(rec)
+            batches = self._batch_records(conn, head.size)
+            pending = next(batches, None)
+            for rows in self._row_chunks(conn, head.size):
+                i = 0
+                while i < len(rows):
+                    seq = rows[i][0]
+                    while pending is not None and pending.first_seq <= seq:
+                        auditor.batch(pending)
+                        pending = next(batches, None)
+                    # the rows up to where the next batch starts
+                    stop = len(rows) if pending is None else i + max(1, pending.first_seq - seq)
+                    auditor.stored_events(rows[i:stop])
+                    i = stop
+                self._compare_nodes(auditor, stored_nodes)
+                if progress is not None:
+                    progress(rows[-1][0])
             report = auditor.finish()
             self._check_nothing_past_head(conn, head)
             self._compare_nodes(auditor, stored_nodes)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ledger.canonical import PLAIN_HEAD, event_parts, plain, recorded_at_member
 from ledger.errors import InvalidEvent
-from ledger.events import parse_event, signed_bytes, usage_event
+from ledger.events import UsageMaker, body_dict, encode, parse_event, signed_bytes, usage_event
 
 texts = st.one_of(
     st.text(min_size=0, max_size=140),
@@ -48,11 +50,48 @@ def test_usage_fast_path_agrees_with_the_models(
     slow = _outcome(lambda: parse_event({"id": event_id, "type": "usage.recorded", "actor": actor,
                                          "occurred_at": occurred_at, "body": body}))  # fmt: skip
     fast = _outcome(lambda: usage_event(event_id, actor, occurred_at, asset, units, revenue, grant))
+    maker = UsageMaker(actor)  # the SDK's maker, asked twice: the second answer is remembered
+    made = [_outcome(lambda: maker(event_id, occurred_at, asset, units, revenue, grant))
+            for _ in range(2)]  # fmt: skip
     if isinstance(slow, tuple) or isinstance(fast, tuple):
         assert isinstance(slow, tuple) and isinstance(fast, tuple), (slow, fast)
+        assert made == [fast, fast]
         return
     assert fast == slow
+    assert made == [slow, slow]
     assert signed_bytes(fast) == signed_bytes(slow)
+    # the templated encoding of the append path is the reference encoding, to the byte
+    signed = {"id": slow.id, "type": slow.type, "actor": slow.actor,
+              "occurred_at": slow.occurred_at, "body": body_dict(slow)}  # fmt: skip
+    reference = rfc8785.dumps(signed)
+    raw_body, head, tail = encode(fast)
+    assert raw_body == rfc8785.dumps(body_dict(slow))
+    assert head + tail == reference
+    recorded_at = "2026-11-29T07:00:00.000001Z"
+    leaf = rfc8785.dumps({**orjson_loads(reference), "recorded_at": recorded_at})
+    assert head + recorded_at_member(recorded_at) + tail == leaf
+    if plain(slow.id) and plain(slow.actor):  # the verify loop's template, where it applies
+        text_head = PLAIN_HEAD % (slow.actor, raw_body.decode(), slow.id, slow.occurred_at)
+        assert text_head.encode() == head
+
+
+def orjson_loads(data: bytes) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads(data))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12), st.text(max_size=12), st.text(max_size=12))
+def test_event_parts_agree_with_the_reference(event_id: str, actor: str, when: str) -> None:
+    body = rfc8785.dumps({"asset": "m", "units": 1})
+    try:
+        head, tail = event_parts(event_id, "usage.recorded", actor, when, body)
+    except rfc8785.CanonicalizationError:  # a lone surrogate: the reference refuses it too
+        return
+    signed = {"id": event_id, "type": "usage.recorded", "actor": actor, "occurred_at": when,
+              "body": {"asset": "m", "units": 1}}  # fmt: skip
+    assert head + tail == rfc8785.dumps(signed)
 
 
 def test_event_bytes_around_a_canonical_body_equal_the_whole_encoding() -> None:

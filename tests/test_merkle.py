@@ -466,3 +466,30 @@ def test_million_leaves() -> None:
     frontier = Frontier.empty()
     frontier.extend(leaves)
     assert root_from_leaves(leaves) == frontier.root()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 70), min_size=1, max_size=8),
+    st.sampled_from([1, 2, 4]),
+    st.randoms(use_true_random=False),
+)
+def test_extend_level_by_level_equals_appending_one_leaf_at_a_time(
+    runs: list[int], min_level: int, rnd: Any
+) -> None:
+    one, many = Frontier.empty(), Frontier.empty()
+    for n in runs:
+        leaves = [rnd.randbytes(32) for _ in range(n)]
+        singly = [node for leaf in leaves for node in one.append(leaf)]
+        together = many.extend(leaves, min_level=min_level)
+        assert many == one and many.root() == one.root()
+        assert sorted(together) == sorted(n for n in singly if n[0] >= min_level)
+
+
+def test_extend_refuses_a_short_leaf_and_changes_nothing() -> None:
+    frontier = Frontier.empty()
+    frontier.extend([b"\x01" * 32] * 3)
+    before = frontier.copy()
+    with pytest.raises(ValueError, match="31 bytes"):
+        frontier.extend([b"\x02" * 32, b"\x03" * 31])
+    assert frontier == before

@@ -35,7 +35,7 @@ from sqlalchemy.pool import NullPool
 from . import merkle
 from . import schema as s
 from .audit import Auditor, AuditReport, BatchRecord, EventRecord, StoredRow
-from .bulk import insert_rows
+from .bulk import ConstraintRefused, insert_rows
 from .canonical import canonical_bytes, recorded_at_member
 from .checkpoint import Checkpoint, sign_checkpoint
 from .errors import (
@@ -44,6 +44,7 @@ from .errors import (
     InvalidEvent,
     LedgerError,
     PartialDuplicate,
+    RuleViolation,
     StoreError,
 )
 from .events import OPERATOR as OPERATOR
@@ -309,10 +310,26 @@ class Ledger:
         """
         self._check_batch_shape(batch)
         verify_signature(batch.key, batch.digest, batch.signature, f"batch of {batch.actor!r}")
-        with self._write() as (conn, head):
-            known = self._known_ids(conn, batch)
+        try:
+            return self._append_new(batch, within)
+        except (RuleViolation, ConstraintRefused) as refused:
+            # Resubmissions are rare, so they are found here, after the fact, rather than
+            # looked up before every batch: a batch already in the log breaks the unique
+            # index on event ids (or, resubmitted after the state moved on, a rule), and then
+            # idempotency decides what to answer.
+            with self._read() as conn:
+                known = self._known_ids(conn, batch)
             if known is not None:
                 return known
+            if isinstance(refused, RuleViolation):
+                raise
+            raise StoreError(f"database error: {refused}") from refused
+
+    def _append_new(
+        self, batch: SignedBatch, within: Callable[[Connection, AppendResult], None] | None
+    ) -> AppendResult:
+        """Append a batch assumed new; its events' ids, if already taken, make the insert fail."""
+        with self._write() as (conn, head):
             recorded_at = max(format_timestamp(self._clock()), head.recorded_at)
             state = State(DbSource(conn))
             state.prefetch(batch.events)

@@ -92,8 +92,8 @@ def cmd_plan(a: argparse.Namespace, ready: Any) -> None:
     if a.die_in_batch is not None:
         real, calls = ledger_store.write_effects, [0]
 
-        def write_effects_then_die(conn: Any, effects: Any) -> None:
-            real(conn, effects)
+        def write_effects_then_die(conn: Any, effects: Any, uses: Any = ()) -> None:
+            real(conn, effects, uses)
             calls[0] += 1
             if calls[0] == a.die_in_batch:
                 die()

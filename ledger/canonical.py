@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, cast
 
 import orjson
@@ -277,6 +277,34 @@ def plain(text: str) -> bool:
     """Printable ASCII without `"` or `\\`: section 3.2.2.2 writes it between quotes unchanged
     (so does any concatenation of such strings, which lets a caller check many at once)."""
     return _plain(text)
+
+
+def flat_object_bytes(value: Mapping[str, object]) -> bytes:
+    """`canonical_bytes` of a flat object (a statement line, say) whose keys and string values
+    are `plain` and whose numbers are exact integers, written from a template of its sorted keys
+    rather than by the encoder: the same bytes, for the millions of small objects a settlement
+    sorts. Anything else goes to `canonical_bytes`."""
+    keys = tuple(sorted(value))
+    template = _FLAT_TEMPLATES.get(keys)
+    if template is None:
+        if not all(type(k) is str and _plain(k) for k in keys):
+            return canonical_bytes(value)
+        template = "{" + ",".join(f'"{k}":%s' for k in keys) + "}"
+        if len(_FLAT_TEMPLATES) < 256:
+            _FLAT_TEMPLATES[keys] = template
+    items = []
+    for k in keys:
+        v = value[k]
+        if type(v) is str and _plain(v):
+            items.append(f'"{v}"')
+        elif type(v) is int and -MAX_EXACT_INT <= v <= MAX_EXACT_INT:
+            items.append(str(v))
+        else:
+            return canonical_bytes(value)
+    return (template % tuple(items)).encode()
+
+
+_FLAT_TEMPLATES: dict[tuple[str, ...], str] = {}
 
 
 def recorded_at_member(recorded_at: str) -> bytes:

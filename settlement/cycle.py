@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ledger.errors import IntegrityError
 from ledger.rules import Grant
@@ -30,8 +30,7 @@ class UsageGroup:
     revenue: int
 
 
-@dataclass(frozen=True)
-class LineageEdge:
+class LineageEdge(NamedTuple):  # tuples: a dataset may have a million parents
     child: str
     parent: str
     parent_owner: str
@@ -40,8 +39,7 @@ class LineageEdge:
     share: Fraction
 
 
-@dataclass(frozen=True)
-class Posting:
+class Posting(NamedTuple):
     payer: str
     payee: str
     kind: str  # "fee" or "royalty"

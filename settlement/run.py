@@ -107,8 +107,10 @@ def settle(ledger: Ledger, operator: KeyPair) -> RunResult:
         return RunResult(None, cut, 0)
     run = run_prev + 1
     cycle, unsigned = compute_cycle(ledger, run, cut_prev, cut)
-    signed = [statements.sign(st, operator) for st in unsigned]
-    root = statements.statements_root(signed, built=True)
+    encoded = [statements.sign_encoded(st, operator) for st in unsigned]
+    signed = [st for st, _raw in encoded]
+    root = statements.root_of_unsigned([(st["party"], raw) for st, raw in encoded])
+    stored = [statements.signed_bytes_from(raw, st["signature"]) for st, raw in encoded]
     event = parse_event(
         {
             "id": f"{RESERVED_ID_PREFIX}settlement:run-{run}",
@@ -120,7 +122,7 @@ def settle(ledger: Ledger, operator: KeyPair) -> RunResult:
     )
 
     def record(conn: Connection, result: AppendResult) -> None:
-        _record_run(conn, cycle, signed, root, result.seqs[0])
+        _record_run(conn, cycle, signed, stored, root, result.seqs[0])
 
     try:
         result = ledger.append(SignedBatch.sign(OPERATOR, operator, [event]), within=record)
@@ -135,7 +137,12 @@ def settle(ledger: Ledger, operator: KeyPair) -> RunResult:
 
 
 def _record_run(
-    conn: Connection, cycle: Cycle, signed: list[dict[str, Any]], root: bytes, closed_seq: int
+    conn: Connection,
+    cycle: Cycle,
+    signed: list[dict[str, Any]],
+    stored: list[bytes],
+    root: bytes,
+    closed_seq: int,
 ) -> None:
     latest = conn.execute(select(func.max(schema.runs.c.run))).scalar()
     if (latest or 0) != cycle.run - 1:
@@ -152,7 +159,8 @@ def _record_run(
         )
     )
     if signed:
-        conn.execute(insert(schema.statements), [_statement_row(cycle.run, st) for st in signed])
+        rows = [_statement_row(cycle.run, st, raw) for st, raw in zip(signed, stored, strict=True)]
+        conn.execute(insert(schema.statements), rows)
     insert_rows(  # in the order of schema.postings.columns
         conn,
         schema.postings,
@@ -163,9 +171,8 @@ def _record_run(
     )
 
 
-def _statement_row(run: int, st: Mapping[str, Any]) -> dict[str, Any]:
+def _statement_row(run: int, st: Mapping[str, Any], raw: bytes) -> dict[str, Any]:
     totals = st["totals"]
-    raw = statements.statement_bytes(st, built=True)
     return {
         "run": run,
         "party": st["party"],

@@ -89,6 +89,7 @@ class DbCycleSource:
         e, a = s.edges.c, s.assets.c
         out: dict[str, list[LineageEdge]] = {}
         shares: dict[str, Fraction] = {}  # few distinct shares: parse each once
+        weights: dict[tuple[str, str], Fraction] = {}  # and weights are often alike
         for chunk in _chunks(children):
             q = (
                 select(e.child, e.parent, e.norm_num, e.norm_den, e.share, a.owner, a.parents)
@@ -96,18 +97,13 @@ class DbCycleSource:
                 .where(e.child.in_(chunk), e.seq <= cut)
                 .order_by(e.child, e.parent)
             )
-            for r in self._conn.execute(q):
-                share = shares.get(r.share)
+            for child, parent, num, den, share_text, owner, parents in self._conn.execute(q):
+                share = shares.get(share_text)
                 if share is None:
-                    share = shares[r.share] = Fraction(r.share)
-                out.setdefault(r.child, []).append(
-                    LineageEdge(
-                        r.child,
-                        r.parent,
-                        r.owner,
-                        r.parents > 0,
-                        Fraction(int(r.norm_num), int(r.norm_den)),
-                        share,
-                    )
-                )
+                    share = shares[share_text] = Fraction(share_text)
+                weight = weights.get((num, den))
+                if weight is None:
+                    weight = weights[(num, den)] = Fraction(int(num), int(den))
+                edge = LineageEdge(child, parent, owner, parents > 0, weight, share)
+                out.setdefault(child, []).append(edge)
         return out

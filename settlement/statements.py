@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ledger import merkle
-from ledger.canonical import canonical_bytes
+from ledger.canonical import canonical_bytes, flat_object_bytes
 from ledger.errors import InvalidEvent, SignatureInvalid
 from ledger.keys import KeyPair, verify_signature
 
@@ -33,7 +33,7 @@ def build(
 ) -> dict[str, Any]:
     """An unsigned statement: lines sorted by their canonical bytes, totals summed."""
     # lines built by the cycle: fixed ASCII keys, str and int values
-    ordered = sorted((dict(line) for line in lines), key=_line_key)
+    ordered = sorted([dict(line) for line in lines], key=_LINE_KEY)
     totals = {
         "in": sum(line["amount"] for line in ordered if line["kind"] in IN_KINDS),
         "out": sum(line["amount"] for line in ordered if line["kind"] in OUT_KINDS),
@@ -51,8 +51,7 @@ def build(
     }
 
 
-def _line_key(line: Mapping[str, Any]) -> bytes:
-    return canonical_bytes(line, shape_known=True)
+_LINE_KEY = flat_object_bytes  # a line's canonical bytes
 
 
 def unsigned_part(statement: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,11 +65,32 @@ def unsigned_bytes(statement: Mapping[str, Any], *, built: bool = False) -> byte
 
 
 def sign(statement: Mapping[str, Any], operator: KeyPair) -> dict[str, Any]:
-    signature = operator.sign(unsigned_bytes(statement, built=True))
-    return {
+    return sign_encoded(statement, operator)[0]
+
+
+def sign_encoded(statement: Mapping[str, Any], operator: KeyPair) -> tuple[dict[str, Any], bytes]:
+    """A statement from `build`, signed, with its unsigned bytes: a statement can hold a line per
+    creator, and the root and the stored bytes are built from these rather than encoded anew."""
+    unsigned = unsigned_bytes(statement, built=True)
+    signature = operator.sign(unsigned)
+    signed = {
         **unsigned_part(statement),
         "signature": {"alg": "ed25519", "key": operator.public_hex, "sig": signature.hex()},
     }
+    return signed, unsigned
+
+
+def signed_bytes_from(unsigned: bytes, signature: Mapping[str, Any]) -> bytes:
+    """`statement_bytes` of a signed statement, from its unsigned bytes and signature block.
+
+    RFC 8785 sorts `signature` between `run` and `totals`, the last member, and `totals` holds
+    three integers only, so the block goes before the one `,"totals":` of the unsigned bytes.
+    """
+    at = unsigned.rfind(b',"totals":')
+    if at < 0:
+        raise ValueError("unsigned statement bytes without totals")
+    return b"".join((unsigned[:at], b',"signature":', canonical_bytes(dict(signature)),
+                     unsigned[at:]))  # fmt: skip
 
 
 def statement_bytes(statement: Mapping[str, Any], *, built: bool = False) -> bytes:
@@ -85,8 +105,13 @@ def statement_hash(statement: Mapping[str, Any], *, built: bool = False) -> byte
 def statements_root(statements: Sequence[Mapping[str, Any]], *, built: bool = False) -> bytes:
     """RFC 9162 Merkle root whose leaves are the SHA-256 of each statement's unsigned bytes
     (what its signature covers), in party order: anyone holding the log can recompute it."""
-    ordered = sorted(statements, key=lambda s: str(s["party"]))
-    leaves = [hashlib.sha256(unsigned_bytes(s, built=built)).digest() for s in ordered]
+    return root_of_unsigned([(str(s["party"]), unsigned_bytes(s, built=built)) for s in statements])
+
+
+def root_of_unsigned(parties: Sequence[tuple[str, bytes]]) -> bytes:
+    """`statements_root` from each statement's party and unsigned bytes."""
+    ordered = sorted(parties, key=lambda p: p[0])
+    leaves = [hashlib.sha256(raw).digest() for _party, raw in ordered]
     return merkle.root_from_leaves([merkle.leaf_hash(h) for h in leaves])
 
 

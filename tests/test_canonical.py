@@ -13,7 +13,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.canonical import MAX_EXACT_INT, canonical_bytes, loads_strict
+from ledger.canonical import MAX_EXACT_INT, canonical_bytes, flat_object_bytes, loads_strict
 from ledger.errors import InvalidEvent
 
 VECTORS = Path(__file__).parent / "vectors" / "rfc8785"
@@ -300,3 +300,21 @@ def test_loads_strict_round_trips_canonical_bytes(value: Any) -> None:
     assert loads_strict(encoded) == lists_for_tuples
     assert loads_strict(encoded.decode()) == lists_for_tuples
     assert canonical_bytes(loads_strict(encoded)) == encoded
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(max_size=6),
+        st.one_of(st.text(max_size=10), st.integers(-(2**60), 2**60), st.none(), st.booleans()),
+        max_size=8,
+    )
+)
+def test_flat_objects_from_a_template_equal_rfc8785(value: dict[str, Any]) -> None:
+    try:
+        expected = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(rfc8785.CanonicalizationError):
+            flat_object_bytes(value)
+        return
+    assert flat_object_bytes(value) == expected

@@ -8,14 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import rfc8785
 from click.testing import CliRunner
 from helpers import Market, worked_example
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cli.main import cli
 from ledger import KeyPair, Ledger, write_key
 from ledger.canonical import loads_strict
 from ledger.errors import InvalidEvent, LedgerError
 from settlement import run as settlement_run
+from settlement import statements
 from settlement.run import settle
 from settlement.statements import statement_bytes
 from settlement.verify import verify_statement
@@ -84,3 +88,31 @@ def test_two_settle_processes_make_one_run(
     assert settlement_run.last_run(ledger)[0] == 1
     closed = list(ledger.events_of(["settlement.closed"], ledger.head().size))
     assert len(closed) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "kind": st.sampled_from(sorted(statements.KINDS)),
+                "asset": st.text(min_size=1, max_size=8),
+                "counterparty": st.text(min_size=1, max_size=8),
+                "via": st.text(min_size=1, max_size=8),
+                "amount": st.integers(0, 2**40),
+            }
+        ),
+        max_size=20,
+    ),
+    st.text(min_size=1, max_size=10),
+)
+def test_stored_bytes_spliced_from_the_unsigned_bytes_equal_the_whole_encoding(
+    lines: list[dict[str, object]], party: str
+) -> None:
+    key = KeyPair.generate()
+    built = statements.build(run=3, party=party, currency="USD", from_seq=1, to_seq=9,
+                             root=b"\x07" * 32, lines=lines)  # fmt: skip
+    signed, unsigned = statements.sign_encoded(built, key)
+    assert unsigned == statements.unsigned_bytes(signed)
+    assert statements.signed_bytes_from(unsigned, signed["signature"]) == rfc8785.dumps(signed)
+    assert statements.root_of_unsigned([(party, unsigned)]) == statements.statements_root([signed])

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from typing import Any
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.engine import Connection, Row
 
 from . import schema as s
@@ -121,7 +121,31 @@ def write_effects(
         conn.execute(stmt, [{"g": g.grant, "r": g.revoked_seq} for g in revoked])
     if edges:
         conn.execute(s.edges.insert(), [_edge_row(e) for e in edges])
-    insert_rows(conn, s.usage, usage)
+    if usage:
+        groups = _usage_groups(conn, usage)
+        insert_rows(conn, s.usage, [(*u, groups[(u[1], u[2], u[3])]) for u in usage])
+
+
+def _usage_groups(
+    conn: Connection, usage: Sequence[UsageRow]
+) -> dict[tuple[str, str, str | None], int]:
+    """The group id of each (asset, actor, grant) in `usage`; new ones are numbered after the
+    last in the order they first appear (the writer holds the log, so numbers never clash)."""
+    wanted = list(dict.fromkeys((u[1], u[2], u[3]) for u in usage))
+    g = s.usage_groups.c
+    known: dict[tuple[str, str, str | None], int] = {}
+    for chunk in _chunks(sorted({asset for asset, _, _ in wanted})):
+        q = select(g.group_id, g.asset, g.actor, g.grant).where(g.asset.in_(chunk))
+        known.update({(r.asset, r.actor, r.grant): r.group_id for r in conn.execute(q)})
+    new = [key for key in wanted if key not in known]
+    if new:
+        last = int(conn.execute(select(func.max(g.group_id))).scalar() or 0)
+        numbered = {key: last + i for i, key in enumerate(new, start=1)}
+        rows = [{"group_id": n, "asset": a, "actor": actor, "grant": grant}
+                for (a, actor, grant), n in numbered.items()]  # fmt: skip
+        conn.execute(s.usage_groups.insert(), rows)
+        known.update(numbered)
+    return known
 
 
 def _split(effects: Sequence[Effect]) -> tuple[list[Any], ...]:

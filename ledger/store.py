@@ -812,8 +812,10 @@ class Ledger:
     def rebuild(self, progress: Callable[[int], None] | None = None) -> int:
         """Drop the projections and replay the log into them; returns the events replayed."""
         with self._write() as (conn, head):
+            # dropped and made anew, so a database from an earlier version gets today's tables
             for table in reversed(s.PROJECTIONS):
-                conn.execute(table.delete())
+                table.drop(conn, checkfirst=True)
+            s.metadata.create_all(conn, tables=list(s.PROJECTIONS))
             state = State(EmptySource())
             firsts = {
                 r.first_seq: (r.actor, r.key)

@@ -34,11 +34,21 @@ class DbCycleSource:
         self._conn = conn
 
     def usage_groups(self, cut_prev: int, cut: int) -> Iterator[UsageGroup]:
-        u = s.usage.c
-        q = (
-            select(u.asset, u.actor, u.grant, func.sum(u.units), func.sum(u.revenue))
+        """Usage summed per (asset, actor, grant): by group id over the usage rows, the one
+        pass that grows with the log, then per group's columns over the few sums."""
+        u, g = s.usage.c, s.usage_groups.c
+        sums = (
+            select(u.group_id, func.sum(u.units).label("units"),
+                   func.sum(u.revenue).label("revenue"))
             .where(u.seq > cut_prev, u.seq <= cut)
-            .group_by(u.asset, u.actor, u.grant)
+            .group_by(u.group_id)
+            .subquery()
+        )  # fmt: skip
+        q = (
+            select(g.asset, g.actor, g.grant, func.sum(sums.c.units), func.sum(sums.c.revenue))
+            .join_from(sums, s.usage_groups, g.group_id == sums.c.group_id)
+            .group_by(g.asset, g.actor, g.grant)
+            .order_by(g.asset, g.actor, func.coalesce(g.grant, ""))
         )
         for asset, actor, grant, units, revenue in self._conn.execute(q):
             yield UsageGroup(asset, actor, grant, int(units), int(revenue))

@@ -426,6 +426,28 @@ def test_rebuild_restores_damaged_projections(ledger: Ledger) -> None:
     assert dump(ledger, s.PROJECTIONS) == before
 
 
+def test_rebuild_brings_read_tables_of_an_earlier_version_up_to_date(ledger: Ledger) -> None:
+    """Before usage groups, the usage table had no `group_id`: appends fail on such a database
+    until `rebuild` makes the read tables anew from the log."""
+    m = deployer_market(ledger)
+    with m.client("dep") as c:
+        for i in range(5):
+            c.record_usage("item-1", 2, "0.5", id=f"early-{i}")
+    before = dump(ledger, s.PROJECTIONS)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DROP TABLE usage"))
+        conn.execute(text("DROP TABLE usage_groups"))
+        conn.execute(text('CREATE TABLE usage (seq BIGINT PRIMARY KEY, asset VARCHAR(128) '
+                          'NOT NULL, actor VARCHAR(128) NOT NULL, "grant" VARCHAR(128), '
+                          "units BIGINT NOT NULL, revenue BIGINT NOT NULL)"))  # fmt: skip
+    with pytest.raises(StoreError), m.client("dep", retries=0) as c:
+        c.record_usage("item-1", 1, id="refused-until-rebuilt")
+    ledger.rebuild()
+    assert dump(ledger, s.PROJECTIONS) == before
+    m.do("dep", "record_usage", "item-1", 1, id="after-rebuild")
+    assert ledger.usage_count() == 6
+
+
 # --- proofs and checkpoints ---------------------------------------------------------------------
 
 

@@ -273,6 +273,15 @@ PLAIN_HEAD: Final = '{"actor":"%s","body":%s,"id":"%s","occurred_at":"%s"'
 same bytes, without a check per string (callers check many at once)."""
 
 
+PLAIN_USAGE_BODY: Final = {  # `usage_body`'s four shapes, by (grant given, revenue given)
+    (False, False): '{"asset":"%s","units":%d}',
+    (False, True): '{"asset":"%s","revenue":%d,"units":%d}',
+    (True, False): '{"asset":"%s","grant":"%s","units":%d}',
+    (True, True): '{"asset":"%s","grant":"%s","revenue":%d,"units":%d}',
+}
+"""`usage_body` as text templates, for an `asset` and `grant` that are `plain`."""
+
+
 def plain(text: str) -> bool:
     """Printable ASCII without `"` or `\\`: section 3.2.2.2 writes it between quotes unchanged
     (so does any concatenation of such strings, which lets a caller check many at once)."""

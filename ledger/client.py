@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,8 +67,9 @@ class Client:
         self._backoff = backoff
         self._usage = UsageMaker(party)
         self._amounts: dict[tuple[type, object], int | None] = {}
-        self._buffer: list[Event] = []
-        self._buffered_ids: dict[str, Event] = {}  # the buffer by id, for retried requests
+        # the events waiting to be sent, by id (in the order they came): a request retried while
+        # its event still waits here is recognised
+        self._buffer: dict[str, Event] = {}
         self._oldest = 0.0
         self._lock = threading.RLock()
         self._error: LedgerError | None = None
@@ -300,18 +302,19 @@ class Client:
 
     def _buffered(self, event: Event) -> str:
         with self._lock:
-            self._raise_pending()
-            waiting = self._buffered_ids.get(event.id)
+            if self._error is not None:
+                self._raise_pending()
+            buffer = self._buffer
+            waiting = buffer.get(event.id)
             if waiting is not None:  # a retry of a request still in the buffer
                 if waiting != event:
                     raise InvalidEvent(event.id, "id", "a different event with this id is "
                                        "waiting in the buffer")  # fmt: skip
                 return event.id
-            self._buffered_ids[event.id] = event
-            if not self._buffer:
+            if not buffer:
                 self._oldest = time.monotonic()
-            self._buffer.append(event)
-            if len(self._buffer) >= self._batch_size:
+            buffer[event.id] = event
+            if len(buffer) >= self._batch_size:
                 self._flush_locked()
         return event.id
 
@@ -324,7 +327,7 @@ class Client:
     def _flush_locked(self) -> list[AppendResult]:
         results = []
         while self._buffer:
-            chunk = self._buffer[: self._batch_size]
+            chunk = list(islice(self._buffer.values(), self._batch_size))
             try:
                 results.append(self._send(chunk))
             except StoreError:
@@ -352,9 +355,12 @@ class Client:
                 time.sleep(self._backoff * 2 ** (attempt - 1))
 
     def _drop(self, count: int) -> None:
-        for event in self._buffer[:count]:
-            self._buffered_ids.pop(event.id, None)
-        del self._buffer[:count]
+        """Forget the `count` oldest buffered events (sent, or refused)."""
+        if count >= len(self._buffer):
+            self._buffer.clear()
+            return
+        for event_id in list(islice(self._buffer, count)):
+            del self._buffer[event_id]
 
     def _tick(self) -> None:
         period = max(self._max_delay / 4, 0.01)

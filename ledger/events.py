@@ -10,6 +10,7 @@ No I/O.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
 from pydantic import (
@@ -24,7 +25,14 @@ from pydantic import (
 )
 
 from . import values
-from .canonical import canonical_bytes, event_parts, usage_body
+from .canonical import (
+    PLAIN_HEAD,
+    PLAIN_USAGE_BODY,
+    canonical_bytes,
+    event_parts,
+    plain,
+    usage_body,
+)
 from .errors import InvalidEvent
 
 PARTY_KINDS = ("creator", "aggregator", "developer", "deployer", "collective", "operator")
@@ -506,6 +514,43 @@ def event_hash(event: Event, signed: dict[str, Any] | None = None) -> bytes:
 Encoded: TypeAlias = tuple[bytes, bytes, bytes]
 """An event's canonical body, and the two parts of its canonical bytes around that body (see
 `canonical.event_parts`): the hash is over `head + tail`, the leaf over `head + recorded + tail`."""
+
+
+def encode_all(events: Sequence[Event]) -> list[Encoded]:
+    """`encode` of each event. When every string of the usage events is `plain` (one check over
+    all of them), those are written from text templates: the SDK's batches are usage events of
+    one actor with the SDK's own ids and times, all plain."""
+    uses = [e for e in events if type(e) is UsageRecorded]
+    strings = "".join(
+        [e.id + e.occurred_at + e.actor + e.body.asset + (e.body.grant or "") for e in uses]
+    )
+    if not uses or not plain(strings):
+        return [encode(e) for e in events]
+    out: list[Encoded] = []
+    for e in events:
+        if type(e) is not UsageRecorded:
+            out.append(encode(e))
+            continue
+        b = e.body
+        if b.grant is None:
+            if b.revenue is None:
+                body = _NO_GRANT_NO_REVENUE % (b.asset, b.units)
+            else:
+                body = _NO_GRANT % (b.asset, b.revenue, b.units)
+        elif b.revenue is None:
+            body = _NO_REVENUE % (b.asset, b.grant, b.units)
+        else:
+            body = _GRANT_AND_REVENUE % (b.asset, b.grant, b.revenue, b.units)
+        head = PLAIN_HEAD % (e.actor, body, e.id, e.occurred_at)
+        out.append((body.encode(), head.encode(), _USAGE_TAIL))
+    return out
+
+
+_NO_GRANT_NO_REVENUE = PLAIN_USAGE_BODY[(False, False)]
+_NO_GRANT = PLAIN_USAGE_BODY[(False, True)]
+_NO_REVENUE = PLAIN_USAGE_BODY[(True, False)]
+_GRANT_AND_REVENUE = PLAIN_USAGE_BODY[(True, True)]
+_USAGE_TAIL = event_parts("", "usage.recorded", "", "", b"")[1]
 
 
 def encode(event: Event) -> Encoded:

@@ -48,7 +48,7 @@ from .errors import (
     StoreError,
 )
 from .events import OPERATOR as OPERATOR
-from .events import Encoded, Event, UsageRecorded, batch_digest, encode, parse_event
+from .events import Encoded, Event, UsageRecorded, batch_digest, encode_all, parse_event
 from .keys import KeyPair, verify_signature
 from .projections import DbSource, edge_from_row, grant_from_row, write_effects
 from .rules import EmptySource, Grant, State, check, check_signer, check_usage
@@ -90,7 +90,7 @@ class SignedBatch:
     @cached_property
     def encoded(self) -> list[Encoded]:
         """Each event's canonical body and the parts of its signed bytes (`events.encode`)."""
-        return [encode(e) for e in self.events]
+        return encode_all(self.events)
 
     @cached_property
     def hashes(self) -> list[bytes]:

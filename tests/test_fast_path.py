@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from ledger.canonical import PLAIN_HEAD, event_parts, plain, recorded_at_member
 from ledger.errors import InvalidEvent
-from ledger.events import UsageMaker, body_dict, encode, parse_event, signed_bytes, usage_event
+from ledger.events import (
+    UsageMaker,
+    body_dict,
+    encode,
+    encode_all,
+    parse_event,
+    signed_bytes,
+    usage_event,
+)
 
 texts = st.one_of(
     st.text(min_size=0, max_size=140),
@@ -109,3 +117,34 @@ def test_event_bytes_around_a_canonical_body_equal_the_whole_encoding() -> None:
             leaf = {**signed, "recorded_at": "2026-11-28T17:23:06.000000Z"}
             assert event_bytes("i\\d", "usage.recorded", actor, signed["occurred_at"], raw,
                                leaf["recorded_at"]) == canonical_bytes(leaf)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["u-1", "u-2", 'q"3', "caf\u00e9", "b\\s"]),
+            st.sampled_from(["m", "model-7", 'a"b', "\u00e9t\u00e9"]),
+            st.integers(0, 2**53 - 1),
+            st.one_of(st.none(), st.integers(0, 10**9)),
+            st.one_of(st.none(), st.sampled_from(["g-1", "g\\2"])),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["shop", 'sh"op', "caf\u00e9"]),
+)
+def test_batches_encode_as_their_events_do_one_by_one(
+    uses: list[tuple[str, str, int, int | None, str | None]], actor: str
+) -> None:
+    maker = UsageMaker(actor)
+    when = "2026-11-29T07:00:00.000001Z"
+    events = [
+        maker(f"{i}-{event_id}", when, asset, units, revenue, grant)
+        for i, (event_id, asset, units, revenue, grant) in enumerate(uses)
+    ]
+    registration = parse_event({"id": "r", "type": "party.registered", "actor": actor,
+                                "occurred_at": "2026-11-29T07:00:00.000000Z",
+                                "body": {"party": actor, "kind": "deployer", "name": "x",
+                                         "public_key": "ab" * 32}})  # fmt: skip
+    for batch in (events, [registration, *events]):
+        assert encode_all(batch) == [encode(e) for e in batch]

@@ -415,10 +415,7 @@ class Ledger:
             )
         )
         insert_rows(conn, s.events, rows)
-        if nodes:
-            conn.execute(
-                insert(s.tree_nodes), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes]
-            )
+        insert_rows(conn, s.tree_nodes, nodes)  # (level, idx, hash): the table's column order
         conn.execute(
             update(s.log_head)
             .where(s.log_head.c.id == 1)
@@ -451,8 +448,11 @@ class Ledger:
         sql = f"SELECT {columns} FROM events WHERE seq BETWEEN {mark} AND {mark} ORDER BY seq"
         raw = conn.connection.driver_connection
         assert raw is not None
+        # psycopg: binary results, so hashes arrive as bytes rather than hex text to decode
+        options = {"binary": True} if conn.dialect.name == "postgresql" else {}
         for start in range(1, size + 1, _READ_CHUNK):
-            rows = raw.execute(sql, (start, min(size, start + _READ_CHUNK - 1))).fetchall()
+            bounds = (start, min(size, start + _READ_CHUNK - 1))
+            rows = raw.execute(sql, bounds, **options).fetchall()
             if rows:
                 yield rows
 
@@ -715,7 +715,8 @@ class Ledger:
                                  f"the table holds {batches}")  # fmt: skip
 
     def _stored_nodes(self, conn: Connection) -> dict[tuple[int, int], bytes]:
-        return {(r.level, r.idx): bytes(r.hash) for r in conn.execute(select(s.tree_nodes))}
+        rows = conn.exec_driver_sql("SELECT level, idx, hash FROM tree_nodes").fetchall()
+        return {(level, idx): bytes(h) for level, idx, h in rows}
 
     @staticmethod
     def _compare_nodes(auditor: Auditor, stored: dict[tuple[int, int], bytes]) -> None:
@@ -800,13 +801,7 @@ class Ledger:
         if rows:
             insert_rows(conn, s.events, rows)
             rows.clear()
-        nodes = [
-            {"level": lv, "idx": ix, "hash": h}
-            for lv, ix, h in auditor.new_nodes
-            if lv >= NODE_LEVEL
-        ]
-        if nodes:
-            conn.execute(insert(s.tree_nodes), nodes)
+        insert_rows(conn, s.tree_nodes, [n for n in auditor.new_nodes if n[0] >= NODE_LEVEL])
         auditor.new_nodes.clear()
 
     def rebuild(self, progress: Callable[[int], None] | None = None) -> int:

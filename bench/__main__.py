@@ -14,7 +14,7 @@ import multiprocessing
 import tempfile
 from pathlib import Path
 
-from .core import one_run, print_table, signing_rate
+from .core import ROW_FILE, print_table, row_to_file, signing_rate
 
 
 def main() -> None:
@@ -44,10 +44,15 @@ def main() -> None:
         for events, creators, depth in plan:
             run_dir = tmp / f"{events}-{creators}-{depth}"
             run_dir.mkdir()
-            # each row in a process of its own, so its memory figures are its own
-            with ctx.Pool(1) as pool:
-                row_args = (args.db, events, creators, depth, run_dir, args.writers)
-                rows.append(pool.apply(one_run, row_args))
+            # each row in a process of its own, so its memory figures are its own (not a pool's
+            # daemon: with --writers the row starts processes of its own)
+            row_args = (args.db, events, creators, depth, run_dir, args.writers)
+            proc = ctx.Process(target=row_to_file, args=row_args)
+            proc.start()
+            proc.join()
+            if proc.exitcode != 0:
+                raise SystemExit(f"the benchmark row failed (exit code {proc.exitcode})")
+            rows.append(json.loads((run_dir / ROW_FILE).read_text()))
             print_table(rows[-1:] if len(rows) > 1 else rows)
         sign_rate, verify_rate = signing_rate()
         print()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import resource
@@ -195,6 +196,17 @@ def _measure(db: str, events: int, creators: int, depth: int, tmp: Path, writers
         "statements": result.statements, "verify_per_s": round(size / verify_s),
         "settle_rss_mib": round(settle_rss, 1), "peak_rss_mib": round(peak_rss_mib(), 1),
     }  # fmt: skip
+
+
+ROW_FILE = "row.json"
+
+
+def row_to_file(
+    url: str | None, events: int, creators: int, depth: int, tmp: Path, writers: int = 1
+) -> None:
+    """`one_run` in a process of its own: the row goes to `tmp / ROW_FILE`."""
+    row = one_run(url, events, creators, depth, tmp, writers)
+    (tmp / ROW_FILE).write_text(json.dumps(row))
 
 
 def drop_schema(url: str | None, db: str) -> None:

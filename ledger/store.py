@@ -148,7 +148,19 @@ def _engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    event.listen(engine, "connect", _postgresql_connect)
+    return engine
+
+
+def _postgresql_connect(dbapi_conn: Any, _record: Any) -> None:
+    # The driver prepares a statement run five times, and the server may then keep one generic
+    # plan for it: a plan made while a table was small (a sequential scan) stays as the table
+    # grows to millions of rows, until the next ANALYZE, and an `IN` of 500 ids went from
+    # milliseconds to seconds. Every execution is planned for its own parameters instead.
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_conn.commit()
 
 
 def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:

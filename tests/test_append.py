@@ -448,6 +448,17 @@ def test_rebuild_brings_read_tables_of_an_earlier_version_up_to_date(ledger: Led
     assert ledger.usage_count() == 6
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite has no plan cache
+def test_postgresql_plans_each_query_for_its_own_parameters(ledger: Ledger) -> None:
+    """A generic plan kept from when a table was small made the rules' asset lookups take seconds
+    once the table held hundreds of thousands of assets (docs/performance.md)."""
+    assert ledger.dialect == "postgresql"
+    for _ in range(2):  # every connection of the pool, not just the first
+        with ledger.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+            assert conn.exec_driver_sql("SHOW search_path").scalar() != ""
+
+
 # --- proofs and checkpoints ---------------------------------------------------------------------
 
 

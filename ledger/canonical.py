@@ -225,38 +225,32 @@ def _clip(text: str) -> str:
     return text if len(text) <= _SHOW_LIMIT else text[: _SHOW_LIMIT - 3] + "..."
 
 
+PLAIN_HEAD: Final = '{"actor":"%s","body":%s,"id":"%s","occurred_at":"%s"'
+"""`event_parts`'s head as a text template, for `actor`, `id` and `occurred_at` that are all
+`plain` and a `body` that is canonical text: filling it in and encoding it as UTF-8 gives the
+same bytes, without a check per string (callers check many at once)."""
+
+_PLAIN_HEAD_BYTES: Final = PLAIN_HEAD.encode().replace(b"%s", b"%b")
+
+
 def event_bytes(
     id: str, type: str, actor: str, occurred_at: str, body: bytes, recorded_at: str | None = None
 ) -> bytes:
     """RFC 8785 bytes of an event's signed fields (and its leaf, given `recorded_at`) around a
     body that is already canonical: `actor, body, id, occurred_at, recorded_at, type` is the
     sorted key order of section 3.2.3, and strings escape as section 3.2.2.2 says."""
-    head, tail = _event_parts(id, type, actor, occurred_at, body)
+    head, tail = event_parts(id, type, actor, occurred_at, body)
     if recorded_at is None:
         return head + tail
-    return head + b',"recorded_at":' + _string(recorded_at) + tail
+    return head + recorded_at_member(recorded_at) + tail
 
 
 def event_and_leaf_bytes(
     id: str, type: str, actor: str, occurred_at: str, body: bytes, recorded_at: str
 ) -> tuple[bytes, bytes]:
     """`event_bytes` without and with `recorded_at`, sharing the work."""
-    head, tail = _event_parts(id, type, actor, occurred_at, body)
-    return head + tail, head + b',"recorded_at":' + _string(recorded_at) + tail
-
-
-def _event_parts(
-    id: str, type: str, actor: str, occurred_at: str, body: bytes
-) -> tuple[bytes, bytes]:
-    """The bytes before `recorded_at`'s place in the sorted keys, and those after it."""
-    if _plain(id) and _plain(actor) and _plain(occurred_at) and _plain(type):
-        # the common case: ASCII ids and timestamps go between quotes unchanged
-        head = b'{"actor":"%b","body":%b,"id":"%b","occurred_at":"%b"' % (
-            actor.encode(), body, id.encode(), occurred_at.encode())  # fmt: skip
-        return head, b',"type":"%b"}' % type.encode()
-    head = b"".join((b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
-                     b',"occurred_at":', _string(occurred_at)))  # fmt: skip
-    return head, b',"type":' + _string(type) + b"}"
+    head, tail = event_parts(id, type, actor, occurred_at, body)
+    return head + tail, head + recorded_at_member(recorded_at) + tail
 
 
 def event_parts(
@@ -264,28 +258,50 @@ def event_parts(
 ) -> tuple[bytes, bytes]:
     """An event's canonical bytes around an already canonical `body`, in two parts: the signed
     bytes are `head + tail`, the Merkle leaf's are `head + recorded_at_member(t) + tail`."""
-    return _event_parts(id, type, actor, occurred_at, body)
+    if plain(id) and plain(actor) and plain(occurred_at) and plain(type):
+        # the common case: ASCII ids and timestamps go between quotes unchanged
+        head = _PLAIN_HEAD_BYTES % (actor.encode(), body, id.encode(), occurred_at.encode())
+        return head, b',"type":"%b"}' % type.encode()
+    head = b"".join((b'{"actor":', _string(actor), b',"body":', body, b',"id":', _string(id),
+                     b',"occurred_at":', _string(occurred_at)))  # fmt: skip
+    return head, b',"type":' + _string(type) + b"}"
 
 
-PLAIN_HEAD: Final = '{"actor":"%s","body":%s,"id":"%s","occurred_at":"%s"'
-"""`event_parts`'s head as a text template, for `actor`, `id` and `occurred_at` that are all
-`plain` and a `body` that is canonical text: filling it in and encoding it as UTF-8 gives the
-same bytes, without a check per string (callers check many at once)."""
-
-
-PLAIN_USAGE_BODY: Final = {  # `usage_body`'s four shapes, by (grant given, revenue given)
-    (False, False): '{"asset":"%s","units":%d}',
-    (False, True): '{"asset":"%s","revenue":%d,"units":%d}',
-    (True, False): '{"asset":"%s","grant":"%s","units":%d}',
-    (True, True): '{"asset":"%s","grant":"%s","revenue":%d,"units":%d}',
-}
-"""`usage_body` as text templates, for an `asset` and `grant` that are `plain`."""
+def recorded_at_member(recorded_at: str) -> bytes:
+    """`,"recorded_at":"..."`, the member a leaf adds between an event's two parts."""
+    return b',"recorded_at":' + _string(recorded_at)
 
 
 def plain(text: str) -> bool:
     """Printable ASCII without `"` or `\\`: section 3.2.2.2 writes it between quotes unchanged
     (so does any concatenation of such strings, which lets a caller check many at once)."""
-    return _plain(text)
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
+
+
+def usage_body(asset: str, units: int, revenue: int | None, grant: str | None) -> bytes:
+    """RFC 8785 bytes of a `usage.recorded` body, the log's most common value, without building
+    a dict when its strings are `plain`."""
+    if plain(asset) and (grant is None or plain(grant)):
+        return plain_usage_body(asset, units, revenue, grant).encode()
+    body: dict[str, object] = {"asset": asset, "units": units}
+    if revenue is not None:
+        body["revenue"] = revenue
+    if grant is not None:
+        body["grant"] = grant
+    return canonical_bytes(body)
+
+
+def plain_usage_body(asset: str, units: int, revenue: int | None, grant: str | None) -> str:
+    """`usage_body` as text, for an `asset` and `grant` that are `plain`: keys in sorted order
+    (`asset, grant, revenue, units`), absent ones left out. `units` and `revenue` are the models'
+    validated integers (0 to 2**53 - 1), which section 3.2.2.3 writes as plain decimal digits."""
+    if grant is None:
+        if revenue is None:
+            return f'{{"asset":"{asset}","units":{units:d}}}'
+        return f'{{"asset":"{asset}","revenue":{revenue:d},"units":{units:d}}}'
+    if revenue is None:
+        return f'{{"asset":"{asset}","grant":"{grant}","units":{units:d}}}'
+    return f'{{"asset":"{asset}","grant":"{grant}","revenue":{revenue:d},"units":{units:d}}}'
 
 
 def flat_object_bytes(value: Mapping[str, object]) -> bytes:
@@ -296,7 +312,7 @@ def flat_object_bytes(value: Mapping[str, object]) -> bytes:
     keys = tuple(sorted(value))
     template = _FLAT_TEMPLATES.get(keys)
     if template is None:
-        if not all(type(k) is str and _plain(k) for k in keys):
+        if not all(type(k) is str and plain(k) for k in keys):
             return canonical_bytes(value)
         template = "{" + ",".join(f'"{k}":%s' for k in keys) + "}"
         if len(_FLAT_TEMPLATES) < 256:
@@ -304,7 +320,7 @@ def flat_object_bytes(value: Mapping[str, object]) -> bytes:
     items = []
     for k in keys:
         v = value[k]
-        if type(v) is str and _plain(v):
+        if type(v) is str and plain(v):
             items.append(f'"{v}"')
         elif type(v) is int and -MAX_EXACT_INT <= v <= MAX_EXACT_INT:
             items.append(str(v))
@@ -314,34 +330,6 @@ def flat_object_bytes(value: Mapping[str, object]) -> bytes:
 
 
 _FLAT_TEMPLATES: dict[tuple[str, ...], str] = {}
-
-
-def recorded_at_member(recorded_at: str) -> bytes:
-    """`,"recorded_at":"..."`, the member a leaf adds between an event's two parts."""
-    return b',"recorded_at":' + _string(recorded_at)
-
-
-def usage_body(asset: str, units: int, revenue: int | None, grant: str | None) -> bytes:
-    """RFC 8785 bytes of a `usage.recorded` body, the log's most common value, without building
-    a dict: keys in sorted order (`asset, grant, revenue, units`), absent ones left out.
-
-    `units` and `revenue` are the models' validated integers (0 to 2**53 - 1), which section
-    3.2.2.3 writes as plain decimal digits.
-    """
-    a = b'"%b"' % asset.encode() if _plain(asset) else _string(asset)
-    if grant is None:
-        if revenue is None:
-            return b'{"asset":%b,"units":%d}' % (a, units)
-        return b'{"asset":%b,"revenue":%d,"units":%d}' % (a, revenue, units)
-    g = b'"%b"' % grant.encode() if _plain(grant) else _string(grant)
-    if revenue is None:
-        return b'{"asset":%b,"grant":%b,"units":%d}' % (a, g, units)
-    return b'{"asset":%b,"grant":%b,"revenue":%d,"units":%d}' % (a, g, revenue, units)
-
-
-def _plain(text: str) -> bool:
-    """Printable ASCII without `"` or `\\`: section 3.2.2.2 writes it between quotes unchanged."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def _string(text: str) -> bytes:

@@ -27,10 +27,10 @@ from pydantic import (
 from . import values
 from .canonical import (
     PLAIN_HEAD,
-    PLAIN_USAGE_BODY,
     canonical_bytes,
     event_parts,
     plain,
+    plain_usage_body,
     usage_body,
 )
 from .errors import InvalidEvent
@@ -532,24 +532,12 @@ def encode_all(events: Sequence[Event]) -> list[Encoded]:
             out.append(encode(e))
             continue
         b = e.body
-        if b.grant is None:
-            if b.revenue is None:
-                body = _NO_GRANT_NO_REVENUE % (b.asset, b.units)
-            else:
-                body = _NO_GRANT % (b.asset, b.revenue, b.units)
-        elif b.revenue is None:
-            body = _NO_REVENUE % (b.asset, b.grant, b.units)
-        else:
-            body = _GRANT_AND_REVENUE % (b.asset, b.grant, b.revenue, b.units)
+        body = plain_usage_body(b.asset, b.units, b.revenue, b.grant)
         head = PLAIN_HEAD % (e.actor, body, e.id, e.occurred_at)
         out.append((body.encode(), head.encode(), _USAGE_TAIL))
     return out
 
 
-_NO_GRANT_NO_REVENUE = PLAIN_USAGE_BODY[(False, False)]
-_NO_GRANT = PLAIN_USAGE_BODY[(False, True)]
-_NO_REVENUE = PLAIN_USAGE_BODY[(True, False)]
-_GRANT_AND_REVENUE = PLAIN_USAGE_BODY[(True, True)]
 _USAGE_TAIL = event_parts("", "usage.recorded", "", "", b"")[1]
 
 

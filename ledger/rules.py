@@ -233,8 +233,7 @@ def check_signer(actor: str, key: str, first: ev.Event, state: State) -> None:
 
 def check(e: ev.Event, seq: int, recorded_at: str, state: State) -> Effect:
     """Validate one event at `seq` against `state`; return what it changes."""
-    if e.id.startswith(ev.RESERVED_ID_PREFIX) and e.actor != ev.OPERATOR:
-        raise RuleViolation(e.id, "id", "reserved-id", f"ids starting {ev.RESERVED_ID_PREFIX!r}")
+    _not_reserved(e)
     if type(e) is ev.UsageRecorded:
         return Effect(usage=Usage(*_usage_row(e, seq, recorded_at, state)))
     if not isinstance(e, ev.PartyRegistered):
@@ -390,9 +389,13 @@ UsageRow = tuple[int, str, str, str | None, int, int]
 
 def check_usage(e: ev.UsageRecorded, seq: int, recorded_at: str, state: State) -> UsageRow:
     """`check` for a usage event, returning its projection row: the ingest hot path."""
+    _not_reserved(e)
+    return _usage_row(e, seq, recorded_at, state)
+
+
+def _not_reserved(e: ev.Event) -> None:
     if e.id.startswith(ev.RESERVED_ID_PREFIX) and e.actor != ev.OPERATOR:
         raise RuleViolation(e.id, "id", "reserved-id", f"ids starting {ev.RESERVED_ID_PREFIX!r}")
-    return _usage_row(e, seq, recorded_at, state)
 
 
 def _usage_row(e: ev.UsageRecorded, seq: int, recorded_at: str, state: State) -> UsageRow:

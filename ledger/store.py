@@ -61,7 +61,6 @@ MAX_BATCH = 100_000
 NODE_LEVEL = 4
 _READ_CHUNK = 10_000
 _ID_CHUNK = 500
-_SQLITE_ID_CHUNK = 10_000  # below SQLite's 32,766 parameters a statement
 
 Clock = Callable[[], datetime]
 
@@ -383,8 +382,12 @@ class Ledger:
 
     def _known_ids(self, conn: Connection, batch: SignedBatch) -> AppendResult | None:
         """Idempotency: all known with equal hashes is the original result; a mix is an error."""
+        found: dict[str, tuple[int, bytes, str]] = {}
         ids = [e.id for e in batch.events]
-        found = {r[0]: (r[1], bytes(r[2]), r[3]) for r in _rows_with_ids(conn, ids)}
+        c = s.events.c
+        for chunk in _id_lists(conn, ids):
+            q = select(c.id, c.seq, c.hash, c.recorded_at).where(chunk(c.id))
+            found.update({r.id: (r.seq, bytes(r.hash), r.recorded_at) for r in conn.execute(q)})
         if not found:
             return None
         for e, h in zip(batch.events, batch.hashes, strict=True):
@@ -472,9 +475,7 @@ class Ledger:
     def _records(
         conn: Connection, size: int, parse: bool = True
     ) -> Iterator[BatchRecord | EventRecord]:
-        b = s.batches.c
-        rows = conn.execute(select(s.batches).where(b.first_seq <= size).order_by(b.batch))
-        batches = iter([_batch_record(r) for r in rows])
+        batches = Ledger._batch_records(conn, size)
         pending = next(batches, None)
         for start in range(1, size + 1, _READ_CHUNK):
             q = (
@@ -859,21 +860,6 @@ def _id_lists(conn: Connection, ids: list[str]) -> Iterator[Callable[[Any], Any]
         return
     for i in range(0, len(ids), _ID_CHUNK):
         yield partial(_in_list, part=ids[i : i + _ID_CHUNK])
-
-
-def _rows_with_ids(conn: Connection, ids: list[str]) -> Iterator[Sequence[Any]]:
-    """`id, seq, hash, recorded_at` of the stored events with these ids, through the driver:
-    append asks this of every batch, and building a statement of thousands of parameters
-    costs more than the lookup itself."""
-    if conn.dialect.name == "postgresql":
-        sql = "SELECT id, seq, hash, recorded_at FROM events WHERE id = ANY(%s)"
-        yield from conn.exec_driver_sql(sql, (ids,))
-        return
-    for i in range(0, len(ids), _SQLITE_ID_CHUNK):
-        part = tuple(ids[i : i + _SQLITE_ID_CHUNK])
-        marks = ",".join("?" * len(part))
-        sql = f"SELECT id, seq, hash, recorded_at FROM events WHERE id IN ({marks})"
-        yield from conn.exec_driver_sql(sql, part)
 
 
 def _in_list(col: Any, part: list[str]) -> Any:

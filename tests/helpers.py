@@ -6,7 +6,11 @@ import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
 from ledger import Client, KeyPair, Ledger
+from ledger.schema import LOG_TABLES
 from ledger.values import format_timestamp
 
 PG_URL = os.environ.get("EDVEX_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -62,3 +66,14 @@ def worked_example(m: Market) -> dict[str, str]:
     m.do("dev", "derive", "M", "model", "train", [("D", 1, gd)])
     m.do("dev", "record_usage", "M", 1, "100.00")
     return {"g1": g1, "g2": g2, "gD": gd}
+
+
+def drop_guards(conn: Connection) -> None:
+    """What a compromised database does first: drop the append-only triggers (ledger/schema.py)."""
+    for table in LOG_TABLES:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"))
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}"))
+        else:
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_update"))
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_delete"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from helpers import Market
-from sqlalchemy import select, text, update
+from helpers import Market, drop_guards
+from sqlalchemy import select, update
 
 from ledger import IntegrityError, Ledger
 from ledger import schema as s
@@ -56,7 +56,7 @@ def test_a_row_hashed_over_unescaped_bytes_is_refused(ledger: Ledger) -> None:
     assert forged_hash != target.hash
 
     with ledger.engine.begin() as conn:
-        _drop_guards(conn)
+        drop_guards(conn)
         e, b = s.events.c, s.batches.c
         conn.execute(
             update(s.events).where(e.seq == target.seq).values(hash=forged_hash, leaf=forged_leaf)
@@ -82,17 +82,6 @@ def test_a_row_hashed_over_unescaped_bytes_is_refused(ledger: Ledger) -> None:
         ledger.verify()
     assert caught.value.seq == target.seq
     assert "event hash" in str(caught.value)
-
-
-def _drop_guards(conn: object) -> None:
-    from sqlalchemy.engine import Connection
-
-    assert isinstance(conn, Connection)
-    for table in s.LOG_TABLES:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"))
-        else:
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_update"))
 
 
 def test_rows_of_many_batches_and_a_rotated_key_verify(ledger: Ledger) -> None:

@@ -49,7 +49,7 @@ import pytest
 import rfc8785
 from click.testing import CliRunner
 from figures import FIGURES
-from helpers import Market, worked_example
+from helpers import Market, drop_guards, worked_example
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 
@@ -208,17 +208,6 @@ class Copies:
             with led.engine.begin() as conn:
                 drop_guards(conn)
         return copy
-
-
-def drop_guards(conn: Connection) -> None:
-    """What a compromised database does first: drop the append-only triggers (ledger/schema.py)."""
-    for table in LOG_TABLES:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}"))
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}"))
-        else:
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_update"))
-            conn.execute(text(f"DROP TRIGGER IF EXISTS {table}_no_delete"))
 
 
 # --- forging, as an attacker would: from DESIGN.md's definitions, not the ledger's code -----------

@@ -383,15 +383,19 @@ def usage_event(
 
 
 class UsageMaker:
-    """Usage events of one actor, checked as `usage_event` checks them, remembering the assets
-    and grants already checked: the SDK's hot path, where one service records millions of uses
-    of a few assets. Ids and times the SDK made itself (`fresh=True`) are canonical already."""
+    """Usage events of one actor, checked as `usage_event` checks them, remembering the assets,
+    grants and bodies already checked: the SDK's hot path, where one service records millions
+    of uses of a few assets. Ids and times the SDK made itself (`fresh=True`) are canonical
+    already. A body met before is the same immutable model again, so a buffer of thousands of
+    uses holds a few bodies, not thousands, for the garbage collector to scan."""
 
-    _REMEMBER = 4096  # distinct identifiers kept; past that the memory starts over
+    _REMEMBER = 4096  # distinct identifiers (and bodies) kept; past that the memory starts over
 
     def __init__(self, actor: object) -> None:
         self._actor = actor
+        self._checked_actor: str | None = None
         self._known: dict[str, str] = {}
+        self._bodies: dict[tuple[str, int, int | None, str | None], UsageRecordedBody] = {}
 
     def __call__(
         self,
@@ -404,16 +408,45 @@ class UsageMaker:
         *,
         fresh: bool = False,
     ) -> UsageRecorded:
+        actor = self._checked_actor
+        body = None
+        # a body met before, given with the exact types it was checked with, is known good
+        if (actor is not None and type(asset) is str and type(units) is int
+                and (revenue is None or type(revenue) is int)
+                and (grant is None or type(grant) is str)):  # fmt: skip
+            body = self._bodies.get((asset, units, revenue, grant))
         field = "id"
         try:
             if not fresh:
                 event_id = values.identifier(event_id, "identifier")
-            field = "actor"
-            actor = self._identifier(self._actor)
+            if actor is None:
+                field = "actor"
+                actor = self._checked_actor = self._identifier(self._actor)
             if not fresh:
                 field = "occurred_at"
                 occurred_at = values.timestamp(occurred_at, "timestamp")
-            field = "body.asset"
+            if body is None:
+                body = self._body(asset, units, revenue, grant)
+        except _BodyError as e:
+            raise InvalidEvent(
+                event_id if isinstance(event_id, str) else None, e.field, e.reason
+            ) from None
+        except ValueError as e:
+            raise InvalidEvent(
+                event_id if isinstance(event_id, str) else None, field, str(e)
+            ) from None
+        return _construct(
+            UsageRecorded,
+            _EVENT_FIELDS,
+            {"id": event_id, "type": "usage.recorded", "actor": actor,
+             "occurred_at": occurred_at, "body": body},
+        )  # fmt: skip
+
+    def _body(
+        self, asset: object, units: object, revenue: object, grant: object
+    ) -> UsageRecordedBody:
+        field = "body.asset"
+        try:
             asset = self._identifier(asset)
             field = "body.units"
             if type(units) is not int or not 0 <= units <= values.MAX_MICROS:
@@ -426,17 +459,14 @@ class UsageMaker:
             if grant is not None:
                 grant = self._identifier(grant)
         except ValueError as e:
-            raise InvalidEvent(
-                event_id if isinstance(event_id, str) else None, field, str(e)
-            ) from None
+            raise _BodyError(field, str(e)) from None
         fields = {"asset": asset, "units": units, "revenue": revenue, "grant": grant}
         body = _construct(UsageRecordedBody, _USAGE_BODY_FIELDS, fields)
-        return _construct(
-            UsageRecorded,
-            _EVENT_FIELDS,
-            {"id": event_id, "type": "usage.recorded", "actor": actor,
-             "occurred_at": occurred_at, "body": body},
-        )  # fmt: skip
+        if len(self._bodies) >= self._REMEMBER:
+            self._bodies.clear()
+        # keyed by the checked values, which are exactly str, int and None
+        self._bodies[(asset, units, revenue, grant)] = body
+        return body
 
     def _identifier(self, value: object) -> str:
         if type(value) is str:
@@ -448,6 +478,11 @@ class UsageMaker:
             self._known.clear()
         self._known[str(value)] = checked  # a str: identifier refuses anything else
         return checked
+
+
+class _BodyError(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field, self.reason = field, reason
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property, partial
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Engine,
@@ -51,7 +51,16 @@ from .events import OPERATOR as OPERATOR
 from .events import Encoded, Event, UsageRecorded, batch_digest, encode_all, parse_event
 from .keys import KeyPair, verify_signature
 from .projections import DbSource, edge_from_row, grant_from_row, write_effects
-from .rules import EmptySource, Grant, State, check, check_signer, check_usage
+from .rules import (
+    Effect,
+    EmptySource,
+    Grant,
+    State,
+    UsageRow,
+    check,
+    check_signer,
+    check_uses,
+)
 from .values import format_timestamp, uuid7
 
 DEFAULT_URL = "sqlite:///edvex.db"
@@ -345,16 +354,21 @@ class Ledger:
             state = State(DbSource(conn))
             state.prefetch(batch.events)
             check_signer(batch.actor, batch.key, batch.events[0], state)
-            effects, uses = [], []
-            seq = head.size + 1
-            for e in batch.events:
-                if type(e) is UsageRecorded:  # most of the log: checked without an Effect
-                    uses.append(check_usage(e, seq, recorded_at, state))
-                else:
-                    effect = check(e, seq, recorded_at, state)
+            effects: list[Effect] = []
+            uses: list[UsageRow] = []
+            events = batch.events
+            first = head.size + 1
+            run = 0  # the first event of the current run of usage events
+            for i, e in enumerate(events):
+                if type(e) is not UsageRecorded:  # most of the log is usage: checked in runs
+                    if run < i:
+                        uses += check_uses(_uses(events[run:i]), first + run, recorded_at, state)
+                    effect = check(e, first + i, recorded_at, state)
                     state.apply(effect)
                     effects.append(effect)
-                seq += 1
+                    run = i + 1
+            if run < len(events):
+                uses += check_uses(_uses(events[run:]), first + run, recorded_at, state)
             result = self._insert(conn, head, batch, recorded_at)
             write_effects(conn, effects, uses)
             if within is not None:
@@ -850,6 +864,10 @@ class Ledger:
                 if progress is not None:
                     progress(min(head.size, start + _READ_CHUNK - 1))
             return head.size
+
+
+def _uses(events: Sequence[Event]) -> Sequence[UsageRecorded]:
+    return cast("Sequence[UsageRecorded]", events)  # a run the caller found all usage
 
 
 def _id_lists(conn: Connection, ids: list[str]) -> Iterator[Callable[[Any], Any]]:

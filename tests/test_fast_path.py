@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import rfc8785
@@ -81,6 +82,38 @@ def test_usage_fast_path_agrees_with_the_models(
     if plain(slow.id) and plain(slow.actor):  # the verify loop's template, where it applies
         text_head = PLAIN_HEAD % (slow.actor, raw_body.decode(), slow.id, slow.occurred_at)
         assert text_head.encode() == head
+
+
+# values that compare and hash equal but are not the same to the models: 1 and True, 1 and 1.0,
+# a name in composed and decomposed form
+# (few values, so that runs repeat them)
+alike = st.sampled_from([1, True, 1.0, "1"])
+maybe_alike = st.sampled_from([None, 1, True])
+names = st.sampled_from(["model-1", "caf\u00e9", "cafe\u0301"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(names, alike, maybe_alike, st.one_of(st.none(), names)), max_size=16))
+def test_a_maker_remembering_bodies_answers_every_call_as_the_models_do(
+    calls: list[tuple[str, Any, Any, Any]],
+) -> None:
+    """One maker over a run of calls (the SDK's), where a body it checked before may come back
+    with values equal to it but of another type or form: every answer is the models' answer."""
+    maker = UsageMaker("shop")
+    for n, (asset, units, revenue, grant) in enumerate(calls):
+        event_id, when = f"u-{n}", "2026-11-28T17:23:05.123456Z"
+        body: dict[str, Any] = {"asset": asset, "units": units}
+        if revenue is not None:
+            body["revenue"] = revenue
+        if grant is not None:
+            body["grant"] = grant
+        event = {"id": event_id, "type": "usage.recorded", "actor": "shop", "occurred_at": when,
+                 "body": body}  # fmt: skip
+        slow = _outcome(partial(parse_event, event))
+        made = _outcome(partial(maker, event_id, when, asset, units, revenue, grant, fresh=True))
+        assert made == slow, (asset, units, revenue, grant)
+        if not isinstance(made, tuple):
+            assert signed_bytes(made) == signed_bytes(slow)
 
 
 def orjson_loads(data: bytes) -> dict[str, Any]:

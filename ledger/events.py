@@ -562,14 +562,20 @@ def encode_all(events: Sequence[Event]) -> list[Encoded]:
     if not uses or not plain(strings):
         return [encode(e) for e in events]
     out: list[Encoded] = []
+    # the SDK hands out one body model for equal bodies: each is written once per batch (the
+    # models are alive throughout, so their ids are theirs)
+    bodies: dict[int, tuple[str, bytes]] = {}
     for e in events:
         if type(e) is not UsageRecorded:
             out.append(encode(e))
             continue
         b = e.body
-        body = plain_usage_body(b.asset, b.units, b.revenue, b.grant)
-        head = PLAIN_HEAD % (e.actor, body, e.id, e.occurred_at)
-        out.append((body.encode(), head.encode(), _USAGE_TAIL))
+        written = bodies.get(id(b))
+        if written is None:
+            text = plain_usage_body(b.asset, b.units, b.revenue, b.grant)
+            written = bodies[id(b)] = (text, text.encode())
+        head = PLAIN_HEAD % (e.actor, written[0], e.id, e.occurred_at)
+        out.append((written[1], head.encode(), _USAGE_TAIL))
     return out
 
 

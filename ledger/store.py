@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import cached_property, partial
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     Engine,
     String,
@@ -477,13 +478,27 @@ class Ledger:
         sql = f"SELECT {columns} FROM events WHERE seq BETWEEN {mark} AND {mark} ORDER BY seq"
         raw = conn.connection.driver_connection
         assert raw is not None
-        # psycopg: binary results, so hashes arrive as bytes rather than hex text to decode
-        options = {"binary": True} if conn.dialect.name == "postgresql" else {}
-        for start in range(1, size + 1, _READ_CHUNK):
-            bounds = (start, min(size, start + _READ_CHUNK - 1))
-            rows = raw.execute(sql, bounds, **options).fetchall()
-            if rows:
-                yield rows
+        bounds = [(start, min(size, start + _READ_CHUNK - 1))
+                  for start in range(1, size + 1, _READ_CHUNK)]  # fmt: skip
+        if conn.dialect.name != "postgresql" or not psycopg.Pipeline.is_supported():
+            for b in bounds:
+                rows = raw.execute(sql, b).fetchall()
+                if rows:
+                    yield rows
+            return
+        # PostgreSQL: binary results, so hashes arrive as bytes rather than hex text to decode;
+        # and the next chunk's query goes out (pipeline mode) before this chunk is handed over,
+        # so the server reads and sends it while the caller checks this one.
+        with raw.pipeline():
+            ahead = raw.cursor(binary=True).execute(sql, bounds[0]) if bounds else None
+            for k in range(len(bounds)):
+                cur, ahead = ahead, None
+                if k + 1 < len(bounds):
+                    ahead = raw.cursor(binary=True).execute(sql, bounds[k + 1])
+                assert cur is not None
+                rows = cur.fetchall()
+                if rows:
+                    yield rows
 
     @staticmethod
     def _records(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 from typing import Any
 
@@ -158,8 +159,8 @@ def test_event_bytes_around_a_canonical_body_equal_the_whole_encoding() -> None:
         st.tuples(
             st.sampled_from(["u-1", "u-2", 'q"3', "caf\u00e9", "b\\s"]),
             st.sampled_from(["m", "model-7", 'a"b', "\u00e9t\u00e9"]),
-            st.integers(0, 2**53 - 1),
-            st.one_of(st.none(), st.integers(0, 10**9)),
+            st.one_of(st.integers(0, 2), st.integers(0, 2**53 - 1)),  # bodies repeat: shared
+            st.one_of(st.none(), st.just(10), st.integers(0, 10**9)),
             st.one_of(st.none(), st.sampled_from(["g-1", "g\\2"])),
         ),
         max_size=12,
@@ -181,3 +182,28 @@ def test_batches_encode_as_their_events_do_one_by_one(
                                          "public_key": "ab" * 32}})  # fmt: skip
     for batch in (events, [registration, *events]):
         assert encode_all(batch) == [encode(e) for e in batch]
+        assert encode_all(batch) == encode_all(copy.deepcopy(batch))  # bodies not shared
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["m", "model-7"]),
+            st.integers(0, 2),
+            st.sampled_from([None, 10, 11]),
+            st.sampled_from([None, "g-1"]),
+        ),
+        min_size=2,
+        max_size=30,
+    )
+)
+def test_a_plain_batch_writes_each_shared_body_as_its_own(
+    uses: list[tuple[str, int, int | None, str | None]],
+) -> None:
+    """The SDK's batches: plain strings and few distinct bodies, each model shared by the uses
+    that have it; each event's bytes are still its own."""
+    maker = UsageMaker("shop")
+    when = "2026-11-29T07:00:00.000001Z"
+    events = [maker(f"u-{i}", when, *use, fresh=True) for i, use in enumerate(uses)]
+    assert encode_all(events) == [encode(e) for e in events]

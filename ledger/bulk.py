@@ -1,7 +1,8 @@
 """Bulk inserts at the driver's speed for the hot tables (events, usage).
 
 SQLite gets INSERTs of many rows each; PostgreSQL gets `COPY ... FROM STDIN` in the binary
-format through psycopg 3 (integers and hashes go as they are, not as text to parse). Both run inside the caller's SQLAlchemy transaction.
+format through psycopg 3 (integers and hashes go as they are, not as text to parse). Both run
+inside the caller's SQLAlchemy transaction.
 """
 
 from __future__ import annotations

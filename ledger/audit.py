@@ -205,23 +205,31 @@ class Auditor:
         end = len(run)
         if not plain("".join([r[1] for r in run]) + "".join([r[4] for r in run])):
             end = next(i for i, r in enumerate(run) if not (plain(r[1]) and plain(r[4])))
+        end = max(0, min(end, last_seq - expected + 1))  # the rows of this batch only
         last_recorded = self._last_recorded
-        member_at, member = "", b""  # a batch shares one recorded_at, hence one leaf member
+        # a batch shares one recorded_at, hence one leaf member, and is mostly of one type: the
+        # bytes after an event's head in its leaf change only when one of them does
+        member_at, member, tail, member_tail = "", b"", b"", b""
+        tail_type: str | None = None
         tails = _TAILS
-        digest, leaf_prefix = hashlib.sha256, b"\x00"
+        digest = hashlib.sha256
         hashes, leaves = self._hashes, []
         for row in islice(run, end):
             seq, id_, type_, actor_, occurred_at, recorded_at, body, stored, leaf, batch_no = row
-            tail = tails.get(type_)
-            if (seq != expected or batch_no != number or seq > last_seq or actor_ != actor
-                    or recorded_at < last_recorded or tail is None):  # fmt: skip
+            if (seq != expected or batch_no != number or actor_ != actor
+                    or recorded_at < last_recorded):  # fmt: skip
                 break
-            if recorded_at != member_at:
+            if type_ != tail_type or recorded_at != member_at:
+                found = tails.get(type_)
+                if found is None:
+                    break
+                tail_type, tail = type_, found
                 member_at, member = recorded_at, recorded_at_member(recorded_at)
+                member_tail = member + tail
             head = (PLAIN_HEAD % (actor, body, id_, occurred_at)).encode()
             if digest(head + tail).digest() != stored:
                 break
-            recomputed = digest(leaf_prefix + head + member + tail).digest()
+            recomputed = digest(b"\x00" + head + member_tail).digest()
             if recomputed != leaf:
                 break
             hashes.append(stored)

@@ -209,10 +209,10 @@ class Auditor:
         last_recorded = self._last_recorded
         # a batch shares one recorded_at, hence one leaf member, and is mostly of one type: the
         # bytes after an event's head in its leaf change only when one of them does
-        member_at, member, tail, member_tail = "", b"", b"", b""
+        member_at, tail, member_tail = "", b"", b""
         tail_type: str | None = None
         tails = _TAILS
-        digest = hashlib.sha256
+        digest, leaf_prefix = hashlib.sha256, merkle.LEAF_PREFIX
         hashes, leaves = self._hashes, []
         for row in islice(run, end):
             seq, id_, type_, actor_, occurred_at, recorded_at, body, stored, leaf, batch_no = row
@@ -223,13 +223,12 @@ class Auditor:
                 found = tails.get(type_)
                 if found is None:
                     break
-                tail_type, tail = type_, found
-                member_at, member = recorded_at, recorded_at_member(recorded_at)
-                member_tail = member + tail
+                tail_type, tail, member_at = type_, found, recorded_at
+                member_tail = recorded_at_member(recorded_at) + tail
             head = (PLAIN_HEAD % (actor, body, id_, occurred_at)).encode()
             if digest(head + tail).digest() != stored:
                 break
-            recomputed = digest(b"\x00" + head + member_tail).digest()
+            recomputed = digest(leaf_prefix + head + member_tail).digest()
             if recomputed != leaf:
                 break
             hashes.append(stored)

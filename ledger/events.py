@@ -425,16 +425,12 @@ class UsageMaker:
             if not fresh:
                 field = "occurred_at"
                 occurred_at = values.timestamp(occurred_at, "timestamp")
-            if body is None:
-                body = self._body(asset, units, revenue, grant)
-        except _BodyError as e:
-            raise InvalidEvent(
-                event_id if isinstance(event_id, str) else None, e.field, e.reason
-            ) from None
         except ValueError as e:
             raise InvalidEvent(
                 event_id if isinstance(event_id, str) else None, field, str(e)
             ) from None
+        if body is None:
+            body = self._body(event_id, asset, units, revenue, grant)
         return _construct(
             UsageRecorded,
             _EVENT_FIELDS,
@@ -443,7 +439,7 @@ class UsageMaker:
         )  # fmt: skip
 
     def _body(
-        self, asset: object, units: object, revenue: object, grant: object
+        self, event_id: str, asset: object, units: object, revenue: object, grant: object
     ) -> UsageRecordedBody:
         field = "body.asset"
         try:
@@ -459,7 +455,7 @@ class UsageMaker:
             if grant is not None:
                 grant = self._identifier(grant)
         except ValueError as e:
-            raise _BodyError(field, str(e)) from None
+            raise InvalidEvent(event_id, field, str(e)) from None
         fields = {"asset": asset, "units": units, "revenue": revenue, "grant": grant}
         body = _construct(UsageRecordedBody, _USAGE_BODY_FIELDS, fields)
         if len(self._bodies) >= self._REMEMBER:
@@ -478,11 +474,6 @@ class UsageMaker:
             self._known.clear()
         self._known[str(value)] = checked  # a str: identifier refuses anything else
         return checked
-
-
-class _BodyError(Exception):
-    def __init__(self, field: str, reason: str) -> None:
-        self.field, self.reason = field, reason
 
 
 _M = TypeVar("_M", bound=BaseModel)

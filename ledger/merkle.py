@@ -42,7 +42,7 @@ HASH_SIZE = 32
 # RFC 9162 2.1.1: the hash of an empty list is the hash of an empty string.
 EMPTY_ROOT: bytes = sha256(b"").digest()
 
-_LEAF_PREFIX = b"\x00"
+LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 
 Node = tuple[int, int]
@@ -60,12 +60,12 @@ _CONSISTENCY = "consistency proof"
 
 def leaf_hash(data: bytes) -> bytes:
     """RFC 9162 2.1.1: MTH({d(0)}) = HASH(0x00 || d(0))."""
-    return sha256(_LEAF_PREFIX + data).digest()
+    return sha256(LEAF_PREFIX + data).digest()
 
 
 def leaf_hashes(data: Iterable[bytes]) -> list[bytes]:
     """`leaf_hash` of each item, in one pass."""
-    digest, prefix = sha256, _LEAF_PREFIX
+    digest, prefix = sha256, LEAF_PREFIX
     return [digest(prefix + d).digest() for d in data]
 
 

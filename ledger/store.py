@@ -490,13 +490,11 @@ class Ledger:
         # and the next chunk's query goes out (pipeline mode) before this chunk is handed over,
         # so the server reads and sends it while the caller checks this one.
         with raw.pipeline():
-            ahead = raw.cursor(binary=True).execute(sql, bounds[0]) if bounds else None
-            for k in range(len(bounds)):
-                cur, ahead = ahead, None
-                if k + 1 < len(bounds):
-                    ahead = raw.cursor(binary=True).execute(sql, bounds[k + 1])
-                assert cur is not None
-                rows = cur.fetchall()
+            queries = (raw.cursor(binary=True).execute(sql, b) for b in bounds)  # sent when made
+            ahead = next(queries, None)
+            while ahead is not None:
+                current, ahead = ahead, next(queries, None)
+                rows = current.fetchall()
                 if rows:
                     yield rows
 

@@ -314,7 +314,8 @@ def flat_object_bytes(value: Mapping[str, object]) -> bytes:
     if template is None:
         if not all(type(k) is str and plain(k) for k in keys):
             return canonical_bytes(value)
-        template = "{" + ",".join(f'"{k}":%s' for k in keys) + "}"
+        # a key's "%" is text, not a place for a value
+        template = "{" + ",".join(f'"{k.replace("%", "%%")}":%s' for k in keys) + "}"
         if len(_FLAT_TEMPLATES) < 256:
             _FLAT_TEMPLATES[keys] = template
     items = []

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import InvalidEvent, LedgerError, PartialDuplicate, StoreError
-from .events import Event, UsageMaker, parse_event
+from .events import Entry, Event, UsageMaker, parse_event
 from .keys import KeyPair, read_key
 from .store import AppendResult, Ledger, SignedBatch
 from .values import amount_micros, format_timestamp, now_timestamp, uuid7
@@ -68,8 +68,8 @@ class Client:
         self._usage = UsageMaker(party)
         self._amounts: dict[tuple[type, object], int | None] = {}
         # the events waiting to be sent, by id (in the order they came): a request retried while
-        # its event still waits here is recognised
-        self._buffer: dict[str, Event] = {}
+        # its event still waits here is recognised. The SDK's own uses wait as `UsageEntry`s.
+        self._buffer: dict[str, Entry] = {}
         self._oldest = 0.0
         self._lock = threading.RLock()
         self._error: LedgerError | None = None
@@ -239,6 +239,10 @@ class Client:
         event_id = uuid7() if id is None else id
         micros = self._micros(revenue, event_id)
         when = now_timestamp() if occurred_at is None else occurred_at
+        if fresh:  # the hot path: a tuple of strings, not a model (`events.UsageEntry`)
+            entry = self._usage.entry(event_id, when, asset, units, micros, grant)
+            if entry is not None:
+                return self._buffered(entry)
         return self._buffered(self._usage(event_id, when, asset, units, micros, grant, fresh=fresh))
 
     def _micros(self, revenue: AmountLike | None, event_id: str) -> int | None:
@@ -300,23 +304,29 @@ class Client:
         )
         return self._buffered(event)
 
-    def _buffered(self, event: Event) -> str:
+    def _buffered(self, event: Entry) -> str:
+        event_id = event[0] if isinstance(event, tuple) else event.id
         with self._lock:
             if self._error is not None:
                 self._raise_pending()
             buffer = self._buffer
-            waiting = buffer.get(event.id)
+            waiting = buffer.get(event_id)
             if waiting is not None:  # a retry of a request still in the buffer
-                if waiting != event:
-                    raise InvalidEvent(event.id, "id", "a different event with this id is "
+                if self._model(waiting) != self._model(event):
+                    raise InvalidEvent(event_id, "id", "a different event with this id is "
                                        "waiting in the buffer")  # fmt: skip
-                return event.id
+                return event_id
             if not buffer:
                 self._oldest = time.monotonic()
-            buffer[event.id] = event
+            buffer[event_id] = event
             if len(buffer) >= self._batch_size:
                 self._flush_locked()
-        return event.id
+        return event_id
+
+    def _model(self, entry: Entry) -> Event:
+        if isinstance(entry, tuple):
+            return SignedBatch(self.party, self._key.public_hex, (entry,), b"").events[0]
+        return entry
 
     def flush(self) -> list[AppendResult]:
         """Send everything buffered now; returns the results of the batches sent."""
@@ -338,7 +348,7 @@ class Client:
             self._drop(len(chunk))
         return results
 
-    def _send(self, events: list[Event]) -> AppendResult:
+    def _send(self, events: list[Entry]) -> AppendResult:
         batch = SignedBatch.sign(self.party, self._key, events)
         attempt = 0
         while True:
@@ -346,7 +356,8 @@ class Client:
                 return self._transport.append(batch)
             except PartialDuplicate as e:
                 # Some events landed in an earlier batch: sign the rest anew (same ids).
-                rest = [ev for ev in batch.events if ev.id not in e.known]
+                rest = [x for x, i in zip(batch.entries, batch.ids, strict=True)
+                        if i not in e.known]  # fmt: skip
                 batch = SignedBatch.sign(self.party, self._key, rest)
             except StoreError:
                 attempt += 1

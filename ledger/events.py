@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, TypeAlias, TypeVar
+from typing import Annotated, Any, Literal, TypeAlias, TypeVar, cast
 
 from pydantic import (
     BaseModel,
@@ -396,6 +396,41 @@ class UsageMaker:
         self._checked_actor: str | None = None
         self._known: dict[str, str] = {}
         self._bodies: dict[tuple[str, int, int | None, str | None], UsageRecordedBody] = {}
+        self._texts: dict[tuple[str, int, int | None, str | None], str | None] = {}
+        self._plain_actor: bool | None = None
+
+    def entry(
+        self, event_id: str, occurred_at: str, asset: object, units: object,
+        revenue: int | None, grant: object,
+    ) -> UsageEntry | None:  # fmt: skip
+        """The use `__call__` would make, as a `UsageEntry`, for an id and time the SDK made
+        itself; None when its strings are not all `plain` (the caller makes the model then).
+        Checks what `__call__` checks and raises what it raises."""
+        if (type(asset) is str and type(units) is int
+                and (revenue is None or type(revenue) is int)
+                and (grant is None or type(grant) is str)):  # fmt: skip
+            key = (asset, units, revenue, grant)
+            text = self._texts.get(key)
+            if text is not None and self._plain_actor:
+                return (event_id, occurred_at, text)
+        if self._plain_actor is None:
+            try:
+                actor = self._checked_actor = self._identifier(self._actor)
+            except ValueError as e:
+                raise InvalidEvent(event_id, "actor", str(e)) from None
+            self._plain_actor = plain(actor)
+        if not self._plain_actor:
+            return None
+        b = self._body(event_id, asset, units, revenue, grant)
+        key = (b.asset, b.units, b.revenue, b.grant)
+        text = self._texts.get(key)
+        if key not in self._texts:
+            if plain(b.asset) and (b.grant is None or plain(b.grant)):
+                text = plain_usage_body(b.asset, b.units, b.revenue, b.grant)
+            if len(self._texts) >= self._REMEMBER:
+                self._texts.clear()
+            self._texts[key] = text
+        return None if text is None else (event_id, occurred_at, text)
 
     def __call__(
         self,
@@ -571,6 +606,139 @@ def encode_all(events: Sequence[Event]) -> list[Encoded]:
 
 
 _USAGE_TAIL = event_parts("", "usage.recorded", "", "", b"")[1]
+
+UsageEntry: TypeAlias = tuple[str, str, str]
+"""A use the SDK made itself, `(id, occurred_at, body)`, the body as its canonical text, with
+every string `plain`: the form the SDK's uses travel in from the buffer to the log's rows. A
+tuple of strings is an object the garbage collector stops tracking; a model is two it scans
+again on every full pass while a buffer of thousands waits."""
+
+Entry: TypeAlias = "Event | UsageEntry"
+"""What a batch holds: events as models, and the SDK's own uses as `UsageEntry`."""
+
+
+def entry_id(entry: Entry) -> str:
+    return entry[0] if isinstance(entry, tuple) else entry.id
+
+
+def check_entries(entries: Sequence[UsageEntry]) -> dict[str, UsageRecordedBody]:
+    """Check `UsageEntry`s as `parse_event` checks a use, and return the body of each distinct
+    body text: the id is a UUIDv7 in lower-case hex (as `values.uuid7` makes it), the time is
+    canonical, the body the canonical text of a valid usage body with `plain` strings. One
+    pattern match covers the ids and times of a whole batch; the rest is once per distinct
+    body and second. An InvalidEvent names the first entry that fails."""
+    try:
+        if {len(e) for e in entries} != {3}:
+            raise TypeError
+        ids = "".join([e[0] for e in entries])
+        times = "".join([e[1] for e in entries])
+    except TypeError:
+        raise InvalidEvent(None, "events", "an SDK use is a tuple of three strings "
+                           "(id, occurred_at, body)") from None  # fmt: skip
+    if not (
+        _all_match(ids, len(entries), _ID_FORM) and _all_match(times, len(entries), _TIME_FORM)
+    ):
+        for e in entries:  # the first that fails, for the error
+            if not _all_match(e[0], 1, _ID_FORM):
+                raise InvalidEvent(e[0], "id", "an SDK use's id is a UUIDv7 in lower-case hex")
+            if not _all_match(e[1], 1, _TIME_FORM):
+                raise InvalidEvent(e[0], "occurred_at",
+                                   "an SDK use's time is canonical RFC 3339 UTC")  # fmt: skip
+    bodies = {text: _entry_body(text) for text in {e[2] for e in entries}}
+    seconds = {second: _real_second(second) for second in {e[1][:19] for e in entries}}
+    if None in bodies.values() or False in seconds.values():
+        for event_id, occurred_at, text in entries:  # the first that fails, for the error
+            if bodies[text] is None:
+                raise InvalidEvent(event_id, "body", "not the canonical text of a usage body "
+                                   "with plain strings")  # fmt: skip
+            if not seconds[occurred_at[:19]]:
+                raise InvalidEvent(event_id, "occurred_at",
+                                   "not a real time in the years 1970 to 2199")  # fmt: skip
+    return cast("dict[str, UsageRecordedBody]", bodies)
+
+
+def _real_second(second: str) -> bool:
+    """Whether `YYYY-MM-DDTHH:MM:SS` (digits in place, checked) is a time `values.timestamp`
+    accepts."""
+    try:
+        values.timestamp(second + ".000000Z", "occurred_at")
+    except ValueError:
+        return False
+    return True
+
+
+_Form: TypeAlias = tuple[str, dict[int, str], bytes]
+"""A fixed-width form: a template (`x` where any of the free characters may stand), the
+characters each other place allows, and the free characters."""
+
+_ID_FORM: _Form = ("xxxxxxxx-xxxx-7xxx-8xxx-xxxxxxxxxxxx", {19: "89ab"}, b"0123456789abcdef")
+_TIME_FORM: _Form = ("xxxx-xx-xxTxx:xx:xx.xxxxxxZ", {}, b"0123456789")
+
+
+def _all_match(joined: str, count: int, form: _Form) -> bool:
+    """Whether `joined` is `count` strings of `form` written one after another: slices at the
+    form's width and counts, each a pass in C over the whole batch rather than a step per id."""
+    template, choices, free = form
+    width = len(template)
+    if len(joined) != width * count or not joined.isascii():
+        return False
+    fixed = set(template) - {"x"}
+    for place, char in enumerate(template):
+        if place in choices:
+            if joined[place::width].strip(choices[place]):
+                return False
+        elif char != "x" and joined[place::width] != char * count:
+            return False
+    # every fixed character is where the template puts it (above) and nowhere else (counted)
+    if any(joined.count(c) != template.count(c) * count for c in fixed if c not in free.decode()):
+        return False
+    rest = joined.encode().translate(None, free + "".join(fixed).encode())
+    return not rest
+
+
+def _entry_body(text: object) -> UsageRecordedBody | None:
+    """The body a `UsageEntry` holds, checked as the models check it, or None when the text is
+    not the canonical form of a valid usage body with `plain` strings."""
+    if type(text) is not str:
+        return None
+    try:
+        body = UsageRecordedBody.model_validate_json(text)
+    except ValidationError:
+        return None
+    if not plain(body.asset) or (body.grant is not None and not plain(body.grant)):
+        return None
+    if plain_usage_body(body.asset, body.units, body.revenue, body.grant) != text:
+        return None
+    return body
+
+
+def entry_event(actor: str, entry: UsageEntry, body: UsageRecordedBody) -> UsageRecorded:
+    """The model of a `UsageEntry` whose body `check_entries` gave."""
+    event_id, occurred_at, _text = entry
+    return _construct(
+        UsageRecorded,
+        _EVENT_FIELDS,
+        {"id": event_id, "type": "usage.recorded", "actor": actor,
+         "occurred_at": occurred_at, "body": body},
+    )  # fmt: skip
+
+
+def encode_entries(actor: str, entries: Sequence[UsageEntry]) -> list[Encoded] | None:
+    """`encode` of each `UsageEntry` (all of one batch's actor), written from text templates:
+    one check that the actor is `plain` (None if not), each body encoded once. The entries are
+    those `check_entries` passed: ids, times and bodies are canonical and `plain`."""
+    if not plain(actor):
+        return None
+    bodies: dict[str, bytes] = {}
+    out: list[Encoded] = []
+    append = out.append
+    tail = _USAGE_TAIL
+    for event_id, occurred_at, text in entries:
+        body = bodies.get(text)
+        if body is None:
+            body = bodies[text] = text.encode()
+        append((body, (PLAIN_HEAD % (actor, text, event_id, occurred_at)).encode(), tail))
+    return out
 
 
 def encode(event: Event) -> Encoded:

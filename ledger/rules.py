@@ -9,9 +9,10 @@ source that reads the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
+from itertools import chain
 from typing import Any, Protocol
 
 from . import events as ev
@@ -133,23 +134,25 @@ class State:
         # (asset, actor, named grant, recorded_at) -> the grant a use resolved to
         self.resolved: dict[tuple[str, str, str | None, str], str | None] = {}
 
-    def prefetch(self, batch: Iterable[ev.Event]) -> None:
-        """Load in one query per table what a batch will look up (asset and grant ids)."""
+    def prefetch(
+        self, bodies: Iterable[Any], usage_bodies: Iterable[ev.UsageRecordedBody] = ()
+    ) -> None:
+        """Load in one query per table what a batch will look up (asset and grant ids): the
+        bodies of its events, and the distinct bodies of its `UsageEntry`s."""
         asset_ids: set[str] = set()
         grant_ids: set[str] = set()
-        for e in batch:
-            body = e.body
+        for body in chain(bodies, usage_bodies):
             if type(body) is ev.UsageRecordedBody:  # most events: one type test
                 asset_ids.add(body.asset)
                 if body.grant is not None:
                     grant_ids.add(body.grant)
                 continue
-            if isinstance(body, ev.UsageRecordedBody | ev.ConsentGrantedBody):
+            if isinstance(body, ev.ConsentGrantedBody):
                 asset_ids.add(body.asset)
             if isinstance(body, ev.AssetDerivedBody):
                 asset_ids.update(p.asset for p in body.parents)
                 grant_ids.update(p.grant for p in body.parents)
-            if isinstance(body, ev.ConsentRevokedBody | ev.UsageRecordedBody) and body.grant:
+            if isinstance(body, ev.ConsentRevokedBody) and body.grant:
                 grant_ids.add(body.grant)
         self._fill(self._assets, asset_ids, self._source.load_assets)
         self._fill(self._grants, grant_ids, self._source.load_grants)
@@ -394,26 +397,42 @@ def check_usage(e: ev.UsageRecorded, seq: int, recorded_at: str, state: State) -
 
 
 def check_uses(
-    uses: Sequence[ev.UsageRecorded], first: int, recorded_at: str, state: State
+    actor: str,
+    uses: Sequence[ev.UsageRecorded | ev.UsageEntry],
+    bodies: Mapping[str, ev.UsageRecordedBody],
+    first: int,
+    recorded_at: str,
+    state: State,
 ) -> list[UsageRow]:
-    """`check_usage` of consecutive usage events numbered from `first`, with nothing between
-    them that changes the state: the ingest hot path. The rules are checked once per (asset,
-    actor, grant) as `check_usage` would check them, and each use costs a lookup."""
-    if any(e.id.startswith(ev.RESERVED_ID_PREFIX) for e in uses):  # refused, in log order
-        return [check_usage(e, seq, recorded_at, state) for seq, e in enumerate(uses, first)]
+    """`check_usage` of consecutive uses by `actor` numbered from `first`, with nothing between
+    them that changes the state: the ingest hot path. A use is a model or a `UsageEntry`, whose
+    body is `bodies[text]`. The rules are checked once per (asset, actor, grant) as
+    `check_usage` would check them, and each use costs a lookup."""
+    ids = [e[0] if isinstance(e, tuple) else e.id for e in uses]
+    if any(i.startswith(ev.RESERVED_ID_PREFIX) for i in ids):  # refused, in log order
+        return [check_usage(_use_model(actor, e, bodies), seq, recorded_at, state)
+                for seq, e in enumerate(uses, first)]  # fmt: skip
     resolved = state.resolved
     rows: list[UsageRow] = []
     append = rows.append
     seq = first
     for e in uses:
-        b = e.body
-        grant_id = resolved.get((b.asset, e.actor, b.grant, recorded_at), _UNRESOLVED)
+        b = bodies[e[2]] if isinstance(e, tuple) else e.body
+        grant_id = resolved.get((b.asset, actor, b.grant, recorded_at), _UNRESOLVED)
         if grant_id is _UNRESOLVED:
-            append(_usage_row(e, seq, recorded_at, state))
+            append(_usage_row(_use_model(actor, e, bodies), seq, recorded_at, state))
         else:
-            append((seq, b.asset, e.actor, grant_id, b.units, b.revenue or 0))
+            append((seq, b.asset, actor, grant_id, b.units, b.revenue or 0))
         seq += 1
     return rows
+
+
+def _use_model(
+    actor: str, use: ev.UsageRecorded | ev.UsageEntry, bodies: Mapping[str, ev.UsageRecordedBody]
+) -> ev.UsageRecorded:
+    if isinstance(use, tuple):
+        return ev.entry_event(actor, use, bodies[use[2]])
+    return use
 
 
 def _not_reserved(e: ev.Event) -> None:

@@ -49,7 +49,20 @@ from .errors import (
     StoreError,
 )
 from .events import OPERATOR as OPERATOR
-from .events import Encoded, Event, UsageRecorded, batch_digest, encode_all, parse_event
+from .events import (
+    Encoded,
+    Entry,
+    Event,
+    UsageEntry,
+    UsageRecorded,
+    UsageRecordedBody,
+    batch_digest,
+    check_entries,
+    encode_all,
+    encode_entries,
+    entry_event,
+    parse_event,
+)
 from .keys import KeyPair, verify_signature
 from .projections import DbSource, edge_from_row, grant_from_row, write_effects
 from .rules import (
@@ -79,26 +92,86 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
 class SignedBatch:
-    """Events of one actor with the actor's Ed25519 signature over the batch digest."""
+    """Events of one actor with the actor's Ed25519 signature over the batch digest. Immutable.
+
+    The SDK's own uses travel as `UsageEntry` tuples in `entries`, not as models, from its
+    buffer to the log's rows; `events` gives every event as a model, made when first asked for.
+    """
 
     actor: str
     key: str
-    events: tuple[Event, ...]
+    entries: tuple[Entry, ...]
     signature: bytes
 
+    def __init__(self, actor: str, key: str, events: Sequence[Entry], signature: bytes) -> None:
+        self._set(actor, key, tuple(events), signature)
+
+    def _set(self, actor: str, key: str, entries: tuple[Entry, ...], signature: bytes) -> None:
+        fields = self.__dict__
+        fields["actor"], fields["key"], fields["entries"] = actor, key, entries
+        fields["signature"] = signature
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a SignedBatch is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a SignedBatch is immutable (cannot delete {name!r})")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SignedBatch):
+            return NotImplemented
+        return (self.actor, self.key, self.signature, self.events) == (
+            other.actor, other.key, other.signature, other.events)  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((self.actor, self.key, self.signature))
+
+    def __repr__(self) -> str:
+        shown = f"actor={self.actor!r}, key={self.key!r}, events=<{len(self.entries)}>"
+        return f"SignedBatch({shown}, signature={self.signature.hex()[:16]}...)"
+
     @classmethod
-    def sign(cls, actor: str, key: KeyPair, events: Sequence[Event]) -> SignedBatch:
-        batch = cls(actor, key.public_hex, tuple(events), b"")
-        signed = cls(actor, key.public_hex, batch.events, key.sign(batch.digest))
+    def sign(cls, actor: str, key: KeyPair, events: Sequence[Entry]) -> SignedBatch:
+        batch = cls(actor, key.public_hex, events, b"")
+        signed = cls(actor, key.public_hex, batch.entries, key.sign(batch.digest))
         # computed once: the events are immutable
         signed.__dict__["encoded"], signed.__dict__["hashes"] = batch.encoded, batch.hashes
+        if "usage_bodies" in batch.__dict__:
+            signed.__dict__["usage_bodies"] = batch.usage_bodies
         return signed
+
+    @cached_property
+    def events(self) -> tuple[Event, ...]:
+        """Every event as a model (`UsageEntry` tuples made into `UsageRecorded`)."""
+        if all(not isinstance(e, tuple) for e in self.entries):
+            return cast("tuple[Event, ...]", self.entries)
+        bodies = self.usage_bodies
+        return tuple(
+            entry_event(self.actor, e, bodies[e[2]]) if isinstance(e, tuple) else e
+            for e in self.entries
+        )
+
+    @cached_property
+    def usage_bodies(self) -> dict[str, UsageRecordedBody]:
+        """The body of each distinct `UsageEntry` text, every entry checked first
+        (`events.check_entries`: an InvalidEvent names the first that fails)."""
+        uses = [e for e in self.entries if isinstance(e, tuple)]
+        return check_entries(uses) if uses else {}
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return [e[0] if isinstance(e, tuple) else e.id for e in self.entries]
 
     @cached_property
     def encoded(self) -> list[Encoded]:
         """Each event's canonical body and the parts of its signed bytes (`events.encode`)."""
+        entries = self.entries
+        if entries and all(isinstance(e, tuple) for e in entries):
+            self.usage_bodies  # noqa: B018 -- every body is checked before its bytes are signed
+            done = encode_entries(self.actor, cast("list[UsageEntry]", entries))
+            if done is not None:
+                return done
         return encode_all(self.events)
 
     @cached_property
@@ -353,23 +426,27 @@ class Ledger:
         with self._write() as (conn, head):
             recorded_at = max(format_timestamp(self._clock()), head.recorded_at)
             state = State(DbSource(conn))
-            state.prefetch(batch.events)
-            check_signer(batch.actor, batch.key, batch.events[0], state)
+            entries = batch.entries
+            bodies = batch.usage_bodies
+            state.prefetch([e.body for e in entries if not isinstance(e, tuple)], bodies.values())
+            check_signer(batch.actor, batch.key, _first_event(batch), state)
             effects: list[Effect] = []
             uses: list[UsageRow] = []
-            events = batch.events
             first = head.size + 1
-            run = 0  # the first event of the current run of usage events
-            for i, e in enumerate(events):
-                if type(e) is not UsageRecorded:  # most of the log is usage: checked in runs
-                    if run < i:
-                        uses += check_uses(_uses(events[run:i]), first + run, recorded_at, state)
+            run = 0  # the first event of the current run of uses
+            actor = batch.actor
+            for i, e in enumerate(entries):
+                if not isinstance(e, tuple) and type(e) is not UsageRecorded:  # most of the log is
+                    if run < i:  # usage: checked in runs
+                        uses += check_uses(actor, _uses(entries[run:i]), bodies, first + run,
+                                           recorded_at, state)  # fmt: skip
                     effect = check(e, first + i, recorded_at, state)
                     state.apply(effect)
                     effects.append(effect)
                     run = i + 1
-            if run < len(events):
-                uses += check_uses(_uses(events[run:]), first + run, recorded_at, state)
+            if run < len(entries):
+                uses += check_uses(actor, _uses(entries[run:]), bodies, first + run, recorded_at,
+                                   state)  # fmt: skip
             result = self._insert(conn, head, batch, recorded_at)
             write_effects(conn, effects, uses)
             if within is not None:
@@ -378,37 +455,40 @@ class Ledger:
 
     @staticmethod
     def _check_batch_shape(batch: SignedBatch) -> None:
-        if not batch.events:
+        entries = batch.entries
+        if not entries:
             raise InvalidEvent(None, "events", "a batch needs at least one event")
-        if len(batch.events) > MAX_BATCH:
+        if len(entries) > MAX_BATCH:
             raise InvalidEvent(None, "events", f"a batch holds at most {MAX_BATCH} events")
         actor = batch.actor
-        stranger = next((e for e in batch.events if e.actor != actor), None)
+        # a UsageEntry is the batch actor's by construction
+        stranger = next((e for e in entries if not isinstance(e, tuple) and e.actor != actor), None)
         if stranger is not None:
             raise InvalidEvent(stranger.id, "actor",
                                f"all events of a batch have one actor ({actor!r}), got "
                                f"{stranger.actor!r}")  # fmt: skip
-        if len({e.id for e in batch.events}) != len(batch.events):
+        ids = batch.ids
+        if len(set(ids)) != len(ids):
             seen: set[str] = set()
-            for e in batch.events:
-                if e.id in seen:
-                    raise InvalidEvent(e.id, "id", "the id appears twice in one batch")
-                seen.add(e.id)
+            for i in ids:
+                if i in seen:
+                    raise InvalidEvent(i, "id", "the id appears twice in one batch")
+                seen.add(i)
 
     def _known_ids(self, conn: Connection, batch: SignedBatch) -> AppendResult | None:
         """Idempotency: all known with equal hashes is the original result; a mix is an error."""
         found: dict[str, tuple[int, bytes, str]] = {}
-        ids = [e.id for e in batch.events]
+        ids = batch.ids
         c = s.events.c
         for chunk in _id_lists(conn, ids):
             q = select(c.id, c.seq, c.hash, c.recorded_at).where(chunk(c.id))
             found.update({r.id: (r.seq, bytes(r.hash), r.recorded_at) for r in conn.execute(q)})
         if not found:
             return None
-        for e, h in zip(batch.events, batch.hashes, strict=True):
-            if e.id in found and found[e.id][1] != h:
-                seq, stored, _ = found[e.id]
-                raise ConflictError(e.id, seq, h.hex()[:16], stored.hex()[:16])
+        for event_id, h in zip(ids, batch.hashes, strict=True):
+            if event_id in found and found[event_id][1] != h:
+                seq, stored, _ = found[event_id]
+                raise ConflictError(event_id, seq, h.hex()[:16], stored.hex()[:16])
         if len(found) < len(ids):
             raise PartialDuplicate({i: found[i][0] for i in ids if i in found})
         seqs = tuple(found[i][0] for i in ids)
@@ -419,16 +499,19 @@ class Ledger:
     ) -> AppendResult:
         first = head.size + 1
         number = head.batches + 1
-        last = first + len(batch.events) - 1
+        last = first + len(batch.entries) - 1
         # each event was encoded once (`SignedBatch.encoded`); the leaf is built around it
         member = recorded_at_member(recorded_at)
         encoded = batch.encoded
         leaves = merkle.leaf_hashes([h + member + t for _body, h, t in encoded])
+        actor = batch.actor
         rows = [  # the order of s.events.columns
+            (seq, e[0], "usage.recorded", actor, e[1], recorded_at, e[2], h, leaf, number)
+            if isinstance(e, tuple) else
             (seq, e.id, e.type, e.actor, e.occurred_at, recorded_at, enc[0].decode(), h, leaf,
              number)
             for seq, e, enc, h, leaf in zip(
-                range(first, last + 1), batch.events, encoded, batch.hashes, leaves, strict=True
+                range(first, last + 1), batch.entries, encoded, batch.hashes, leaves, strict=True
             )
         ]  # fmt: skip
         frontier = merkle.Frontier(head.frontier.size, list(head.frontier.hashes))
@@ -879,8 +962,16 @@ class Ledger:
             return head.size
 
 
-def _uses(events: Sequence[Event]) -> Sequence[UsageRecorded]:
-    return cast("Sequence[UsageRecorded]", events)  # a run the caller found all usage
+def _uses(entries: Sequence[Entry]) -> Sequence[UsageRecorded | UsageEntry]:
+    return cast("Sequence[UsageRecorded | UsageEntry]", entries)  # a run the caller found all uses
+
+
+def _first_event(batch: SignedBatch) -> Event:
+    """The batch's first event as a model (the signer's check reads it)."""
+    first = batch.entries[0]
+    if isinstance(first, tuple):
+        return entry_event(batch.actor, first, batch.usage_bodies[first[2]])
+    return first
 
 
 def _id_lists(conn: Connection, ids: list[str]) -> Iterator[Callable[[Any], Any]]:

@@ -617,16 +617,14 @@ Entry: TypeAlias = "Event | UsageEntry"
 """What a batch holds: events as models, and the SDK's own uses as `UsageEntry`."""
 
 
-def entry_id(entry: Entry) -> str:
-    return entry[0] if isinstance(entry, tuple) else entry.id
-
-
 def check_entries(entries: Sequence[UsageEntry]) -> dict[str, UsageRecordedBody]:
     """Check `UsageEntry`s as `parse_event` checks a use, and return the body of each distinct
     body text: the id is a UUIDv7 in lower-case hex (as `values.uuid7` makes it), the time is
-    canonical, the body the canonical text of a valid usage body with `plain` strings. One
-    pattern match covers the ids and times of a whole batch; the rest is once per distinct
-    body and second. An InvalidEvent names the first entry that fails."""
+    canonical, the body the canonical text of a valid usage body with `plain` strings. The ids
+    and times of a whole batch are checked in a few passes in C (`_all_match`); the rest is
+    once per distinct body and second. An InvalidEvent names the first entry that fails."""
+    if not entries:
+        return {}
     try:
         if {len(e) for e in entries} != {3}:
             raise TypeError

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import pickle
 from typing import Any
 
 import pytest
@@ -242,3 +243,14 @@ def test_a_client_sending_entries_to_another_transport_sees_models_there() -> No
     assert [e.body.units for e in events] == list(range(1, 26))  # type: ignore[union-attr]
     for b in seen:
         assert b.hashes == SignedBatch.sign("dep", key, b.events).hashes
+
+
+def test_a_batch_of_entries_is_immutable_and_pickles_whole() -> None:
+    key = KeyPair.generate()
+    batch = SignedBatch.sign("dep", key, _entries(3))
+    with pytest.raises(AttributeError, match="immutable"):
+        batch.actor = "mallory"  # type: ignore[misc]
+    again = pickle.loads(pickle.dumps(batch))
+    assert again == batch
+    assert (again.entries, again.digest, again.signature) == (
+        batch.entries, batch.digest, batch.signature)  # fmt: skip

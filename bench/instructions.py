@@ -84,8 +84,11 @@ def main() -> None:
         what = "the SDK alone"
     else:
         what = "SDK and ledger, " + ("PostgreSQL (this process)" if args.db else "SQLite")
+    # the set-up (keys, the market, the collector's timing) varies by some millions from run to
+    # run: a difference of a few hundred events can be below that, and mean nothing
+    note = "" if per_event > 0 else "; too few events to measure: the set-up varies more"
     print(f"{what}: {per_event:,} instructions per usage event "
-          f"({args.small:,} and {args.large:,} events: {small:,} and {large:,})")  # fmt: skip
+          f"({args.small:,} and {args.large:,} events: {small:,} and {large:,}{note})")  # fmt: skip
 
 
 if __name__ == "__main__":

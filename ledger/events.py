@@ -394,10 +394,11 @@ class UsageMaker:
     def __init__(self, actor: object) -> None:
         self._actor = actor
         self._checked_actor: str | None = None
+        self._plain_actor = False
         self._known: dict[str, str] = {}
-        self._bodies: dict[tuple[str, int, int | None, str | None], UsageRecordedBody] = {}
-        self._texts: dict[tuple[str, int, int | None, str | None], str | None] = {}
-        self._plain_actor: bool | None = None
+        # each body checked, keyed by its checked values (exactly str, int and None): the model,
+        # and its canonical text when its strings are `plain`
+        self._bodies: dict[tuple[str, int, int | None, str | None], _KnownBody] = {}
 
     def entry(
         self, event_id: str, occurred_at: str, asset: object, units: object,
@@ -406,31 +407,14 @@ class UsageMaker:
         """The use `__call__` would make, as a `UsageEntry`, for an id and time the SDK made
         itself; None when its strings are not all `plain` (the caller makes the model then).
         Checks what `__call__` checks and raises what it raises."""
-        if (type(asset) is str and type(units) is int
-                and (revenue is None or type(revenue) is int)
-                and (grant is None or type(grant) is str)):  # fmt: skip
-            key = (asset, units, revenue, grant)
-            text = self._texts.get(key)
-            if text is not None and self._plain_actor:
-                return (event_id, occurred_at, text)
-        if self._plain_actor is None:
-            try:
-                actor = self._checked_actor = self._identifier(self._actor)
-            except ValueError as e:
-                raise InvalidEvent(event_id, "actor", str(e)) from None
-            self._plain_actor = plain(actor)
-        if not self._plain_actor:
+        known = self._known_body(asset, units, revenue, grant)
+        if known is None:
+            self._actor_id(event_id)
+            known = self._body(event_id, asset, units, revenue, grant)
+        text = known[1]
+        if text is None or not self._plain_actor:
             return None
-        b = self._body(event_id, asset, units, revenue, grant)
-        key = (b.asset, b.units, b.revenue, b.grant)
-        text = self._texts.get(key)
-        if key not in self._texts:
-            if plain(b.asset) and (b.grant is None or plain(b.grant)):
-                text = plain_usage_body(b.asset, b.units, b.revenue, b.grant)
-            if len(self._texts) >= self._REMEMBER:
-                self._texts.clear()
-            self._texts[key] = text
-        return None if text is None else (event_id, occurred_at, text)
+        return (event_id, occurred_at, text)
 
     def __call__(
         self,
@@ -443,39 +427,49 @@ class UsageMaker:
         *,
         fresh: bool = False,
     ) -> UsageRecorded:
+        if not fresh:
+            try:
+                event_id = values.identifier(event_id, "identifier")
+            except ValueError as e:
+                raise InvalidEvent(
+                    event_id if isinstance(event_id, str) else None, "id", str(e)
+                ) from None
+        actor = self._actor_id(event_id)
+        if not fresh:
+            try:
+                occurred_at = values.timestamp(occurred_at, "timestamp")
+            except ValueError as e:
+                raise InvalidEvent(event_id, "occurred_at", str(e)) from None
+        known = self._known_body(asset, units, revenue, grant)
+        if known is None:
+            known = self._body(event_id, asset, units, revenue, grant)
+        return _usage_recorded(event_id, actor, occurred_at, known[0])
+
+    def _actor_id(self, event_id: str) -> str:
+        """The actor, checked once (an InvalidEvent naming `event_id` if it is not an id)."""
         actor = self._checked_actor
-        body = None
-        # a body met before, given with the exact types it was checked with, is known good
-        if (actor is not None and type(asset) is str and type(units) is int
+        if actor is None:
+            try:
+                actor = self._identifier(self._actor)
+            except ValueError as e:
+                raise InvalidEvent(event_id, "actor", str(e)) from None
+            self._checked_actor, self._plain_actor = actor, plain(actor)
+        return actor
+
+    def _known_body(
+        self, asset: object, units: object, revenue: object, grant: object
+    ) -> _KnownBody | None:
+        """A body checked before, given with exactly the types it was checked with: known good
+        (1 and True, or 1 and 1.0, are equal keys but not the same to the models)."""
+        if (type(asset) is str and type(units) is int
                 and (revenue is None or type(revenue) is int)
                 and (grant is None or type(grant) is str)):  # fmt: skip
-            body = self._bodies.get((asset, units, revenue, grant))
-        field = "id"
-        try:
-            if not fresh:
-                event_id = values.identifier(event_id, "identifier")
-            if actor is None:
-                field = "actor"
-                actor = self._checked_actor = self._identifier(self._actor)
-            if not fresh:
-                field = "occurred_at"
-                occurred_at = values.timestamp(occurred_at, "timestamp")
-        except ValueError as e:
-            raise InvalidEvent(
-                event_id if isinstance(event_id, str) else None, field, str(e)
-            ) from None
-        if body is None:
-            body = self._body(event_id, asset, units, revenue, grant)
-        return _construct(
-            UsageRecorded,
-            _EVENT_FIELDS,
-            {"id": event_id, "type": "usage.recorded", "actor": actor,
-             "occurred_at": occurred_at, "body": body},
-        )  # fmt: skip
+            return self._bodies.get((asset, units, revenue, grant))
+        return None
 
     def _body(
         self, event_id: str, asset: object, units: object, revenue: object, grant: object
-    ) -> UsageRecordedBody:
+    ) -> _KnownBody:
         field = "body.asset"
         try:
             asset = self._identifier(asset)
@@ -493,11 +487,13 @@ class UsageMaker:
             raise InvalidEvent(event_id, field, str(e)) from None
         fields = {"asset": asset, "units": units, "revenue": revenue, "grant": grant}
         body = _construct(UsageRecordedBody, _USAGE_BODY_FIELDS, fields)
+        text = None
+        if plain(asset) and (grant is None or plain(grant)):
+            text = plain_usage_body(asset, units, revenue, grant)
         if len(self._bodies) >= self._REMEMBER:
             self._bodies.clear()
-        # keyed by the checked values, which are exactly str, int and None
-        self._bodies[(asset, units, revenue, grant)] = body
-        return body
+        known = self._bodies[(asset, units, revenue, grant)] = (body, text)
+        return known
 
     def _identifier(self, value: object) -> str:
         if type(value) is str:
@@ -509,6 +505,22 @@ class UsageMaker:
             self._known.clear()
         self._known[str(value)] = checked  # a str: identifier refuses anything else
         return checked
+
+
+_KnownBody: TypeAlias = "tuple[UsageRecordedBody, str | None]"
+"""A checked usage body: its model, and its canonical text when its strings are `plain`."""
+
+
+def _usage_recorded(
+    event_id: str, actor: str, occurred_at: str, body: UsageRecordedBody
+) -> UsageRecorded:
+    """A usage event from fields already checked."""
+    return _construct(
+        UsageRecorded,
+        _EVENT_FIELDS,
+        {"id": event_id, "type": "usage.recorded", "actor": actor,
+         "occurred_at": occurred_at, "body": body},
+    )  # fmt: skip
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -712,13 +724,7 @@ def _entry_body(text: object) -> UsageRecordedBody | None:
 
 def entry_event(actor: str, entry: UsageEntry, body: UsageRecordedBody) -> UsageRecorded:
     """The model of a `UsageEntry` whose body `check_entries` gave."""
-    event_id, occurred_at, _text = entry
-    return _construct(
-        UsageRecorded,
-        _EVENT_FIELDS,
-        {"id": event_id, "type": "usage.recorded", "actor": actor,
-         "occurred_at": occurred_at, "body": body},
-    )  # fmt: skip
+    return _usage_recorded(entry[0], actor, entry[1], body)
 
 
 def encode_entries(actor: str, entries: Sequence[UsageEntry]) -> list[Encoded] | None:

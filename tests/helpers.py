@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from ledger import Client, KeyPair, Ledger
+from ledger import Client, InvalidEvent, KeyPair, Ledger
 from ledger.schema import LOG_TABLES
 from ledger.values import format_timestamp
 
 PG_URL = os.environ.get("EDVEX_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgresql"]
+
+
+def outcome(fn: Callable[[], Any]) -> Any:
+    """What `fn` gives, or ("invalid", field) for the InvalidEvent it raises."""
+    try:
+        return fn()
+    except InvalidEvent as e:
+        return ("invalid", e.field)
+
+
+def usage_dict(
+    event_id: Any, actor: Any, occurred_at: Any, asset: Any, units: Any, revenue: Any, grant: Any
+) -> dict[str, Any]:
+    """A `usage.recorded` event as untrusted data, absent body fields left out."""
+    body: dict[str, Any] = {"asset": asset, "units": units}
+    if revenue is not None:
+        body["revenue"] = revenue
+    if grant is not None:
+        body["grant"] = grant
+    return {"id": event_id, "type": "usage.recorded", "actor": actor, "occurred_at": occurred_at,
+            "body": body}  # fmt: skip
 
 
 def ts(days: float = 0) -> str:

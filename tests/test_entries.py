@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import rfc8785
-from helpers import Market
+from helpers import Market, outcome, usage_dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -37,13 +37,6 @@ units_values = st.one_of(st.integers(-2, 2**53 + 1), st.booleans(), st.floats(al
 revenues = st.one_of(st.none(), st.integers(-1, 2**53 + 1), st.booleans())
 
 
-def _outcome(fn: Any) -> Any:
-    try:
-        return fn()
-    except InvalidEvent as e:
-        return ("invalid", e.field)
-
-
 @settings(max_examples=800, deadline=None)
 @given(names, names, units_values, revenues, st.one_of(st.none(), names))
 def test_an_entry_is_the_event_the_models_make(
@@ -53,14 +46,8 @@ def test_an_entry_is_the_event_the_models_make(
     (naming the same field), declines (None) what is not plain, and otherwise gives a tuple
     whose event, bytes and signed batch are the models' to the byte."""
     event_id, when = uuid7(), now_timestamp()
-    body: dict[str, Any] = {"asset": asset, "units": units}
-    if revenue is not None:
-        body["revenue"] = revenue
-    if grant is not None:
-        body["grant"] = grant
-    event = {"id": event_id, "type": "usage.recorded", "actor": actor, "occurred_at": when,
-             "body": body}  # fmt: skip
-    slow = _outcome(lambda: parse_event(event))
+    event = usage_dict(event_id, actor, when, asset, units, revenue, grant)
+    slow = outcome(lambda: parse_event(event))
     maker = UsageMaker(actor)
 
     def sdk() -> Any:  # what record_usage does: an entry, or else the model
@@ -69,7 +56,7 @@ def test_an_entry_is_the_event_the_models_make(
             return entry
         return maker(event_id, when, asset, units, revenue, grant, fresh=True)
 
-    made = [_outcome(sdk) for _ in range(2)]  # asked twice: the second answer is remembered
+    made = [outcome(sdk) for _ in range(2)]  # asked twice: the second answer is remembered
     if isinstance(slow, tuple):
         assert made == [slow, slow]
         return

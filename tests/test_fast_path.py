@@ -7,11 +7,11 @@ from functools import partial
 from typing import Any
 
 import rfc8785
+from helpers import outcome, usage_dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.canonical import PLAIN_HEAD, event_parts, plain, recorded_at_member
-from ledger.errors import InvalidEvent
 from ledger.events import (
     UsageMaker,
     body_dict,
@@ -39,29 +39,17 @@ timestamps = st.sampled_from([
 ])  # fmt: skip
 
 
-def _outcome(fn: Any) -> Any:
-    try:
-        return fn()
-    except InvalidEvent as e:
-        return ("invalid", e.field)
-
-
 @settings(max_examples=1500, deadline=None)
 @given(texts, texts, timestamps, texts, numbers, st.one_of(st.none(), st.integers(0, 10**12)),
        st.one_of(st.none(), texts))  # fmt: skip
 def test_usage_fast_path_agrees_with_the_models(
     event_id: str, actor: str, occurred_at: str, asset: str, units: Any, revenue: Any, grant: Any
 ) -> None:
-    body: dict[str, Any] = {"asset": asset, "units": units}
-    if revenue is not None:
-        body["revenue"] = revenue
-    if grant is not None:
-        body["grant"] = grant
-    slow = _outcome(lambda: parse_event({"id": event_id, "type": "usage.recorded", "actor": actor,
-                                         "occurred_at": occurred_at, "body": body}))  # fmt: skip
-    fast = _outcome(lambda: usage_event(event_id, actor, occurred_at, asset, units, revenue, grant))
+    event = usage_dict(event_id, actor, occurred_at, asset, units, revenue, grant)
+    slow = outcome(lambda: parse_event(event))
+    fast = outcome(lambda: usage_event(event_id, actor, occurred_at, asset, units, revenue, grant))
     maker = UsageMaker(actor)  # the SDK's maker, asked twice: the second answer is remembered
-    made = [_outcome(lambda: maker(event_id, occurred_at, asset, units, revenue, grant))
+    made = [outcome(lambda: maker(event_id, occurred_at, asset, units, revenue, grant))
             for _ in range(2)]  # fmt: skip
     if isinstance(slow, tuple) or isinstance(fast, tuple):
         assert isinstance(slow, tuple) and isinstance(fast, tuple), (slow, fast)
@@ -103,15 +91,9 @@ def test_a_maker_remembering_bodies_answers_every_call_as_the_models_do(
     maker = UsageMaker("shop")
     for n, (asset, units, revenue, grant) in enumerate(calls):
         event_id, when = f"u-{n}", "2026-11-28T17:23:05.123456Z"
-        body: dict[str, Any] = {"asset": asset, "units": units}
-        if revenue is not None:
-            body["revenue"] = revenue
-        if grant is not None:
-            body["grant"] = grant
-        event = {"id": event_id, "type": "usage.recorded", "actor": "shop", "occurred_at": when,
-                 "body": body}  # fmt: skip
-        slow = _outcome(partial(parse_event, event))
-        made = _outcome(partial(maker, event_id, when, asset, units, revenue, grant, fresh=True))
+        event = usage_dict(event_id, "shop", when, asset, units, revenue, grant)
+        slow = outcome(partial(parse_event, event))
+        made = outcome(partial(maker, event_id, when, asset, units, revenue, grant, fresh=True))
         assert made == slow, (asset, units, revenue, grant)
         if not isinstance(made, tuple):
             assert signed_bytes(made) == signed_bytes(slow)

@@ -47,10 +47,11 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]])
         return
     width = len(table.columns)
     one = "(" + ", ".join("?" * width) + ")"
+    blobs = [i for i, c in enumerate(table.columns) if isinstance(c.type, LargeBinary)]
     # Many rows per INSERT: the driver binds them in one call and the database inserts them in
     # one step (a tenth to a fifth faster than a statement per row, measured on the events
     # table). Each full statement is the same text, prepared once and kept in the driver's
-    # cache; the few rows left over go one per row.
+    # cache; the few rows left over go in one statement of their own.
     limit = conn.connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[union-attr]
     per = max(1, min(_SQLITE_ROWS, limit // width))
     whole = len(rows) - len(rows) % per
@@ -58,12 +59,32 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[tuple[Any, ...]])
         if whole:
             many = f"INSERT INTO {name} ({columns}) VALUES " + ", ".join([one] * per)
             for start in range(0, whole, per):
-                values = tuple(chain.from_iterable(rows[start : start + per]))
-                conn.exec_driver_sql(many, values)
+                conn.exec_driver_sql(many, _sqlite_values(rows[start : start + per], width, blobs))
         if whole < len(rows):
-            conn.exec_driver_sql(f"INSERT INTO {name} ({columns}) VALUES {one}", list(rows[whole:]))
+            rest = rows[whole:]
+            few = f"INSERT INTO {name} ({columns}) VALUES " + ", ".join([one] * len(rest))
+            conn.exec_driver_sql(few, _sqlite_values(rest, width, blobs))
     except IntegrityError as e:
         raise ConstraintRefused(_first_line(e.orig if e.orig is not None else e)) from e
+
+
+def _sqlite_values(
+    rows: Sequence[tuple[Any, ...]], width: int, blobs: Sequence[int]
+) -> tuple[Any, ...]:
+    """The rows' values in one flat tuple, each `bytes` at a BLOB column as a `bytearray`.
+
+    Python's sqlite3 binds str, int, float and bytearray as they are, but looks every other
+    type up in its adapter registry first, and for `bytes` that lookup fails through two
+    attribute lookups that each format an AttributeError: measured at about 240 ns a value,
+    against under 60 ns to copy 32 bytes into a bytearray (two hashes per event row)."""
+    values = list(chain.from_iterable(rows))
+    for column in blobs:
+        col = values[column::width]
+        if set(map(type, col)) == {bytes}:  # hashes, as they come: converted in one pass in C
+            values[column::width] = list(map(bytearray, col))
+        else:  # None, or bytearrays already
+            values[column::width] = [bytearray(v) if type(v) is bytes else v for v in col]
+    return tuple(values)
 
 
 def _pg_types(table: Table) -> list[str]:

@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
@@ -145,19 +146,18 @@ def timestamp(value: object, what: str = "timestamp") -> str:
     return parsed.strftime(TIMESTAMP_FORMAT)
 
 
-_second_prefix: tuple[int, str] = (-1, "")
+_second: tuple[int, str] = (-1, "")  # the current second and its text up to the decimal point
 
 
 def now_timestamp() -> str:
-    """The current time in the canonical form, formatted once per second (the SDK's hot path)."""
-    global _second_prefix
-    ns = time.time_ns()
-    second, micros = divmod(ns // 1000, 1_000_000)
-    cached_second, prefix = _second_prefix
-    if second != cached_second:
-        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second_prefix = (second, prefix)
-    return f"{prefix}.{micros:06d}Z"
+    """The current time in the canonical form, the second written once (the SDK's hot path)."""
+    global _second
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    known = _second
+    if second != known[0]:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        known = _second = (second, text)
+    return known[1] + str(micros).zfill(6) + "Z"
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -171,39 +171,55 @@ def format_micros(micros: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
-class _Entropy(threading.local):
-    """Random hex digits from the operating system, drawn in blocks, one pool per thread; and
-    the id prefix of the current millisecond, written once per millisecond."""
+# The random part of a UUIDv7 after its version digit, `rrr-Vrrr-rrrrrrrrrrrr` (RFC 9562: 12 bits
+# of rand_a, the variant bits 10 and 62 bits of rand_b), made 800 at a time from one read of the
+# operating system's random bytes, in a few passes in C over the whole block: each byte becomes
+# the hex digit of its low four bits, the dashes are written over their places, and the digit at
+# the variant's place becomes 8, 9, a or b by its low two bits.
+_POOL = 800
+_WIDTH = 21
+_DIGITS = b"0123456789abcdef"
+_HEX = bytes(_DIGITS[i & 15] for i in range(256))
+_VARIANT = bytes.maketrans(_DIGITS, b"89ab" * 4)  # digit n to 8 + (n & 3)
+_DASHES = b"-" * _POOL
+_PIECE = re.compile(f".{{{_WIDTH}}}", re.DOTALL)
 
-    DIGITS = 16000  # 800 ids per system call
+
+def _random_parts() -> Iterator[str]:
+    block = bytearray(os.urandom(_WIDTH * _POOL).translate(_HEX))
+    block[3::_WIDTH] = _DASHES
+    block[8::_WIDTH] = _DASHES
+    block[4::_WIDTH] = block[4::_WIDTH].translate(_VARIANT)
+    return iter(_PIECE.findall(block.decode("ascii")))
+
+
+class _Pool(threading.local):
+    """Random parts not yet drawn, one pool per thread."""
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.block, self.pos = "", self.DIGITS
-        self.ms, self.prefix = -1, ""
+        self.parts: Iterator[str] = iter(())
 
 
-_entropy = _Entropy()
-# a forked child must not draw the bytes its parent already drew
-os.register_at_fork(after_in_child=_entropy.reset)
+_pool = _Pool()
+# a forked child must not draw the parts its parent already drew
+os.register_at_fork(after_in_child=_pool.reset)
+# the current millisecond and the id's first 15 characters for it, written once per millisecond
+_millisecond: tuple[int, str] = (-1, "")
 
 
 def uuid7() -> str:
     """A time-ordered UUIDv7 (RFC 9562): 48-bit milliseconds, version 7, 74 random bits."""
-    pool = _entropy
+    global _millisecond
     ms = time.time_ns() // 1_000_000
-    if ms != pool.ms:
+    known = _millisecond
+    if ms != known[0]:
         t = f"{ms & 0xFFFFFFFFFFFF:012x}"
-        pool.ms, pool.prefix = ms, f"{t[:8]}-{t[8:]}-7"
-    pos = pool.pos
-    if pos + 20 > pool.DIGITS:
-        pool.block, pos = os.urandom(pool.DIGITS // 2).hex(), 0
-    pool.pos = pos + 20
-    r = pool.block[pos : pos + 20]  # r[0] is not used: the version digit takes its place
-    return f"{pool.prefix}{r[1:4]}-{_VARIANT[r[4]]}{r[5:8]}-{r[8:]}"
-
-
-# RFC 9562 variant bits 10 over the top of the random nibble at that place
-_VARIANT = {f"{n:x}": f"{8 | n & 3:x}" for n in range(16)}
+        known = _millisecond = (ms, f"{t[:8]}-{t[8:]}-7")
+    pool = _pool
+    for part in pool.parts:
+        return known[1] + part
+    pool.parts = _random_parts()
+    return known[1] + next(pool.parts)

@@ -1,4 +1,5 @@
-"""Event ids the SDK makes: UUIDv7 (RFC 9562), time-ordered, never drawn twice."""
+"""Event ids and times the SDK makes: UUIDv7 (RFC 9562), time-ordered, never drawn twice; the
+current time in the canonical form."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
-from ledger.values import uuid7
+from ledger.values import now_timestamp, timestamp, uuid7
 
 
 def test_ids_are_version_7_with_the_rfc_variant_and_the_current_millisecond() -> None:
@@ -77,3 +79,26 @@ def test_a_forked_child_does_not_draw_its_parents_ids() -> None:
     tail = {i[15:] for i in parent}  # the random part, whatever the millisecond
     assert len(child) == 100
     assert not tail & {i[15:] for i in child}
+
+
+def _canonical(ns: int) -> str:
+    moment = datetime.fromtimestamp(ns // 10**9, UTC).replace(microsecond=ns // 1000 % 10**6)
+    return timestamp(moment.isoformat(), "t")
+
+
+def test_the_current_time_is_canonical_and_read_from_the_clock() -> None:
+    """Across more than a second (so the cached second changes, and a tenth of the readings
+    have microseconds below 100,000 to be padded), each time lies between two clock readings
+    around it and is its own canonical form."""
+    seen = []
+    start = time.monotonic()
+    while time.monotonic() - start < 1.2:
+        before = time.time_ns()
+        now = now_timestamp()
+        after = time.time_ns()
+        assert timestamp(now, "t") == now
+        assert _canonical(before) <= now <= _canonical(after)
+        seen.append(now)
+        time.sleep(0.0002)
+    assert len({t[:19] for t in seen}) >= 2
+    assert any(t[20] == "0" for t in seen)  # padded

@@ -263,6 +263,12 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     # up front (BEGIN IMMEDIATE) instead of upgrading a read lock and deadlocking.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
+    # A new database gets 16 KiB pages (an existing one keeps its own: the size is fixed when
+    # the first table is written). The log is written a page at a time, to the WAL and again at
+    # each checkpoint, one system call per page: with pages four times the default size, ingest
+    # spent about 0.85 µs of system time per event instead of 1.2, and ran 5-8% faster in three
+    # paired runs of 400,000 events.
+    cur.execute("PRAGMA page_size=16384")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=60000")

@@ -4,9 +4,11 @@ tables, verification, rebuild, proofs and checkpoints, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import collections
+import sqlite3
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -457,6 +459,24 @@ def test_postgresql_plans_each_query_for_its_own_parameters(ledger: Ledger) -> N
         with ledger.engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
             assert conn.exec_driver_sql("SHOW search_path").scalar() != ""
+
+
+def test_a_new_sqlite_log_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """Larger pages mean fewer system calls per batch (docs/performance.md); a database made
+    with another page size opens, appends and verifies as it is."""
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    made = sqlite3.connect(old)
+    made.execute("PRAGMA page_size=4096")
+    made.execute("CREATE TABLE unrelated (x)")
+    made.close()
+    for path, size in ((new, 16384), (old, 4096)):
+        led = Ledger.open(f"sqlite:///{path}")
+        led.initialise(KeyPair.generate())
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("PRAGMA page_size").fetchone() == (size,)
+            assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert led.verify().size == 1
+        led.close()
 
 
 # --- proofs and checkpoints ---------------------------------------------------------------------

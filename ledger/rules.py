@@ -413,16 +413,25 @@ def check_uses(
         return [check_usage(_use_model(actor, e, bodies), seq, recorded_at, state)
                 for seq, e in enumerate(uses, first)]  # fmt: skip
     resolved = state.resolved
+    # a row after its seq, for each distinct body text of the SDK's uses (a batch repeats a few)
+    known: dict[str, tuple[str, str, str | None, int, int]] = {}
     rows: list[UsageRow] = []
     append = rows.append
     seq = first
     for e in uses:
-        b = bodies[e[2]] if isinstance(e, tuple) else e.body
-        grant_id = resolved.get((b.asset, actor, b.grant, recorded_at), _UNRESOLVED)
-        if grant_id is _UNRESOLVED:
-            append(_usage_row(_use_model(actor, e, bodies), seq, recorded_at, state))
+        if isinstance(e, tuple):
+            rest = known.get(e[2])
+            if rest is None:
+                rest = known[e[2]] = _usage_row(_use_model(actor, e, bodies), seq,
+                                                recorded_at, state)[1:]  # fmt: skip
+            append((seq, *rest))
         else:
-            append((seq, b.asset, actor, grant_id, b.units, b.revenue or 0))
+            b = e.body
+            grant_id = resolved.get((b.asset, actor, b.grant, recorded_at), _UNRESOLVED)
+            if grant_id is _UNRESOLVED:
+                append(_usage_row(e, seq, recorded_at, state))
+            else:
+                append((seq, b.asset, actor, grant_id, b.units, b.revenue or 0))
         seq += 1
     return rows
 

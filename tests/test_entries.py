@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from ledger import Client, InvalidEvent, KeyPair, Ledger, SignedBatch
+from ledger import Client, InvalidEvent, KeyPair, Ledger, RuleViolation, SignedBatch
 from ledger import schema as s
 from ledger.audit import EventRecord
 from ledger.canonical import plain
@@ -181,6 +181,64 @@ def test_a_batch_of_entries_stores_the_reference_bytes_and_rows(ledger: Ledger) 
     # the same batch again is a no-op with the first answer, as for models
     again = ledger.append(compact)
     assert again.duplicate and again.seqs == first.seqs
+
+
+def _granting_market(ledger: Ledger) -> Market:
+    """dep owns model-1; lab owns model-2, which dep may use under g-2, and model-3, which no
+    grant lets dep use."""
+    m = _usage_market(ledger)
+    m.party("lab", "developer")
+    m.do("lab", "register_asset", "model-2", "model")
+    m.do("lab", "register_asset", "model-3", "model")
+    m.do("lab", "grant_consent", "model-2", "dep", ["infer"], per_unit="0.01", grant="g-2")
+    return m
+
+
+def _texts_of(assets: list[str]) -> list[str]:
+    return [f'{{"asset":"{a}","units":{1 + i % 3}}}' for i, a in enumerate(assets)]
+
+
+def test_entries_are_checked_by_the_rules_as_models_are(ledger: Ledger) -> None:
+    """Uses of an owned asset and of a granted one, as tuples and as models: the same rows,
+    each use's grant resolved (and its group numbered) alike."""
+    m = _granting_market(ledger)
+    texts = _texts_of(["model-1", "model-2", "model-2", "model-1", "model-2"] * 4)
+    compact = SignedBatch.sign("dep", m.keys["dep"], [(uuid7(), now_timestamp(), t) for t in texts])
+    as_models = [
+        parse_event({"id": uuid7(), "type": "usage.recorded", "actor": "dep",
+                     "occurred_at": e.occurred_at, "body": body_dict(e)})
+        for e in compact.events
+    ]  # fmt: skip
+    first = ledger.append(compact)
+    second = ledger.append(SignedBatch.sign("dep", m.keys["dep"], as_models))
+    u = s.usage.c
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(u.seq, u.asset, u.actor, u.grant, u.units, u.group_id)).all()
+    by_seq = {r.seq: tuple(r)[1:] for r in rows}
+    made = [by_seq[q] for q in first.seqs]
+    assert made == [by_seq[q] for q in second.seqs]
+    assert {(r[0], r[2]) for r in made} == {("model-1", None), ("model-2", "g-2")}
+    assert [r[3] for r in made] == [1 + i % 3 for i in range(len(texts))]
+
+
+@pytest.mark.parametrize("as_tuples", [True, False], ids=["tuples", "models"])
+def test_a_use_no_grant_allows_is_refused_by_the_first_that_breaks_the_rule(
+    ledger: Ledger, as_tuples: bool
+) -> None:
+    """model-3 first appears at the sixth use, then again later: the refusal names the sixth,
+    as tuples or as models, and nothing is appended."""
+    m = _granting_market(ledger)
+    assets = ["model-1", "model-2"] * 2 + ["model-1", "model-3"] + ["model-2", "model-3"] * 2
+    entries = [(uuid7(), now_timestamp(), t) for t in _texts_of(assets)]
+    batch = SignedBatch.sign("dep", m.keys["dep"], entries)
+    if not as_tuples:
+        batch = SignedBatch.sign("dep", m.keys["dep"], list(batch.events))
+    before = ledger.head()
+    with pytest.raises(RuleViolation) as caught:
+        ledger.append(batch)
+    assert caught.value.event_id == entries[5][0]
+    assert caught.value.rule == "live-use-grant"
+    assert ledger.head() == before
 
 
 def test_the_sdk_buffers_its_uses_as_untracked_tuples(ledger: Ledger) -> None:

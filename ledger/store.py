@@ -138,14 +138,22 @@ class SignedBatch:
         signed = cls(actor, key.public_hex, batch.entries, key.sign(batch.digest))
         # computed once: the events are immutable
         signed.__dict__["encoded"], signed.__dict__["hashes"] = batch.encoded, batch.hashes
-        if "usage_bodies" in batch.__dict__:
-            signed.__dict__["usage_bodies"] = batch.usage_bodies
+        for known in ("models", "usage_bodies"):
+            if known in batch.__dict__:
+                signed.__dict__[known] = batch.__dict__[known]
         return signed
+
+    @cached_property
+    def models(self) -> dict[int, Event]:
+        """The entries that are models, by their place in the batch, in order (the others are
+        the SDK's `UsageEntry` tuples): found in one pass, so that the checks of a batch of the
+        SDK's uses pass over only the few models, if any."""
+        return {i: e for i, e in enumerate(self.entries) if not isinstance(e, tuple)}
 
     @cached_property
     def events(self) -> tuple[Event, ...]:
         """Every event as a model (`UsageEntry` tuples made into `UsageRecorded`)."""
-        if all(not isinstance(e, tuple) for e in self.entries):
+        if len(self.models) == len(self.entries):
             return cast("tuple[Event, ...]", self.entries)
         bodies = self.usage_bodies
         return tuple(
@@ -157,18 +165,22 @@ class SignedBatch:
     def usage_bodies(self) -> dict[str, UsageRecordedBody]:
         """The body of each distinct `UsageEntry` text, every entry checked first
         (`events.check_entries`: an InvalidEvent names the first that fails)."""
+        if not self.models:
+            return check_entries(cast("tuple[UsageEntry, ...]", self.entries))
         uses = [e for e in self.entries if isinstance(e, tuple)]
         return check_entries(uses) if uses else {}
 
     @cached_property
     def ids(self) -> list[str]:
+        if not self.models:
+            return [e[0] for e in cast("tuple[UsageEntry, ...]", self.entries)]
         return [e[0] if isinstance(e, tuple) else e.id for e in self.entries]
 
     @cached_property
     def encoded(self) -> list[Encoded]:
         """Each event's canonical body and the parts of its signed bytes (`events.encode`)."""
         entries = self.entries
-        if entries and all(isinstance(e, tuple) for e in entries):
+        if entries and not self.models:
             self.usage_bodies  # noqa: B018 -- every body is checked before its bytes are signed
             done = encode_entries(self.actor, cast("list[UsageEntry]", entries))
             if done is not None:
@@ -459,16 +471,17 @@ class Ledger:
             state = State(DbSource(conn))
             entries = batch.entries
             bodies = batch.usage_bodies
-            state.prefetch([e.body for e in entries if not isinstance(e, tuple)], bodies.values())
+            models = batch.models
+            state.prefetch([e.body for e in models.values()], bodies.values())
             check_signer(batch.actor, batch.key, _first_event(batch), state)
             effects: list[Effect] = []
             uses: list[UsageRow] = []
             first = head.size + 1
             run = 0  # the first event of the current run of uses
             actor = batch.actor
-            for i, e in enumerate(entries):
-                if not isinstance(e, tuple) and type(e) is not UsageRecorded:  # most of the log is
-                    if run < i:  # usage: checked in runs
+            for i, e in models.items():
+                if type(e) is not UsageRecorded:  # most of the log is usage: checked in runs
+                    if run < i:
                         uses += check_uses(actor, _uses(entries[run:i]), bodies, first + run,
                                            recorded_at, state)  # fmt: skip
                     effect = check(e, first + i, recorded_at, state)
@@ -493,7 +506,7 @@ class Ledger:
             raise InvalidEvent(None, "events", f"a batch holds at most {MAX_BATCH} events")
         actor = batch.actor
         # a UsageEntry is the batch actor's by construction
-        stranger = next((e for e in entries if not isinstance(e, tuple) and e.actor != actor), None)
+        stranger = next((e for e in batch.models.values() if e.actor != actor), None)
         if stranger is not None:
             raise InvalidEvent(stranger.id, "actor",
                                f"all events of a batch have one actor ({actor!r}), got "

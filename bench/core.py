@@ -161,7 +161,7 @@ def peak_rss_mib() -> float:
 def one_run(
     url: str | None, events: int, creators: int, depth: int, tmp: Path, writers: int = 1
 ) -> Row:
-    """One market: ingest, the bare GROUP BY, settlement, the floor, verification."""
+    """One market: ingest, the bare GROUP BY, settlement, verification, the floor."""
     db = fresh_db(url, tmp, f"n{events}_c{creators}_d{depth}")
     try:
         return _measure(db, events, creators, depth, tmp, writers)
@@ -182,9 +182,11 @@ def _measure(db: str, events: int, creators: int, depth: int, tmp: Path, writers
     group_s = bare_group_by(led)
     settle_s, result = timed(lambda: settle(led, operator))
     settle_rss = peak_rss_mib()  # before the floor's rows exist
-    floor_s = floor_insert(db, events, tmp)
     size = led.head().size
+    # before the floor: its rows, and on PostgreSQL the autovacuum their insert sets off on
+    # this 2-core machine, would otherwise share the machine with verification
     verify_s, _ = timed(led.verify)
+    floor_s = floor_insert(db, events, tmp)
     led.close()
     return {
         "backend": "postgresql" if db.startswith("postgres") else "sqlite",

@@ -413,7 +413,7 @@ def check_uses(
         return [check_usage(_use_model(actor, e, bodies), seq, recorded_at, state)
                 for seq, e in enumerate(uses, first)]  # fmt: skip
     resolved = state.resolved
-    # a row after its seq, for each distinct body text of the SDK's uses (a batch repeats a few)
+    # the row of each distinct body text of the SDK's uses, less its seq (a batch repeats a few)
     known: dict[str, tuple[str, str, str | None, int, int]] = {}
     rows: list[UsageRow] = []
     append = rows.append

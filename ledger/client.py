@@ -66,7 +66,7 @@ class Client:
         self._retries = retries
         self._backoff = backoff
         self._usage = UsageMaker(party)
-        self._amounts: dict[tuple[type, object], int | None] = {}
+        self._amounts: dict[object, int | None] = {}
         # the events waiting to be sent, by id (in the order they came): a request retried while
         # its event still waits here is recognised. The SDK's own uses wait as `UsageEntry`s.
         self._buffer: dict[str, Entry] = {}
@@ -249,7 +249,9 @@ class Client:
         """`to_micros`, remembering the few distinct amounts a service charges."""
         if revenue is None:
             return None
-        key = (type(revenue), revenue)
+        # a decimal string is its own key (it equals only itself); other values go with their
+        # type, as 1, 1.0 and True are equal keys that the models tell apart
+        key = revenue if type(revenue) is str else (type(revenue), revenue)
         try:
             return self._amounts[key]
         except KeyError:

@@ -20,6 +20,7 @@ from ledger import schema as s
 from ledger.audit import EventRecord
 from ledger.canonical import plain
 from ledger.events import (
+    Event,
     UsageMaker,
     UsageRecorded,
     body_dict,
@@ -148,6 +149,15 @@ def test_the_ledger_refuses_a_bad_entry_and_changes_nothing(
     assert ledger.head() == before
 
 
+def _as_models(batch: SignedBatch) -> list[Event]:
+    """The uses of a batch of `dep`'s as models with ids of their own, to append beside it."""
+    return [
+        parse_event({"id": uuid7(), "type": "usage.recorded", "actor": "dep",
+                     "occurred_at": e.occurred_at, "body": body_dict(e)})
+        for e in batch.events
+    ]  # fmt: skip
+
+
 def test_a_batch_of_entries_stores_the_reference_bytes_and_rows(ledger: Ledger) -> None:
     """Entries and the same uses as models, appended apiece: every stored body, hash and leaf
     is RFC 8785 of the model, and the two batches give the same usage rows."""
@@ -156,11 +166,7 @@ def test_a_batch_of_entries_stores_the_reference_bytes_and_rows(ledger: Ledger) 
     entries = [(uuid7(), now_timestamp(), texts[i % 2]) for i in range(40)]
     compact = SignedBatch.sign("dep", m.keys["dep"], entries)
     assert all(type(e) is tuple for e in compact.entries)
-    as_models = [
-        parse_event({"id": uuid7(), "type": "usage.recorded", "actor": "dep",
-                     "occurred_at": e.occurred_at, "body": body_dict(e)})
-        for e in compact.events
-    ]  # fmt: skip
+    as_models = _as_models(compact)
     first = ledger.append(compact)
     second = ledger.append(SignedBatch.sign("dep", m.keys["dep"], as_models))
     stored = {r.id: r for r in ledger.records() if isinstance(r, EventRecord)}
@@ -204,11 +210,7 @@ def test_entries_are_checked_by_the_rules_as_models_are(ledger: Ledger) -> None:
     m = _granting_market(ledger)
     texts = _texts_of(["model-1", "model-2", "model-2", "model-1", "model-2"] * 4)
     compact = SignedBatch.sign("dep", m.keys["dep"], [(uuid7(), now_timestamp(), t) for t in texts])
-    as_models = [
-        parse_event({"id": uuid7(), "type": "usage.recorded", "actor": "dep",
-                     "occurred_at": e.occurred_at, "body": body_dict(e)})
-        for e in compact.events
-    ]  # fmt: skip
+    as_models = _as_models(compact)
     first = ledger.append(compact)
     second = ledger.append(SignedBatch.sign("dep", m.keys["dep"], as_models))
     u = s.usage.c

@@ -412,7 +412,6 @@ def check_uses(
     if any(i.startswith(ev.RESERVED_ID_PREFIX) for i in ids):  # refused, in log order
         return [check_usage(_use_model(actor, e, bodies), seq, recorded_at, state)
                 for seq, e in enumerate(uses, first)]  # fmt: skip
-    resolved = state.resolved
     # the row of each distinct body text of the SDK's uses, less its seq (a batch repeats a few)
     known: dict[str, tuple[str, str, str | None, int, int]] = {}
     rows: list[UsageRow] = []
@@ -425,13 +424,8 @@ def check_uses(
                 rest = known[e[2]] = _usage_row(_use_model(actor, e, bodies), seq,
                                                 recorded_at, state)[1:]  # fmt: skip
             append((seq, *rest))
-        else:
-            b = e.body
-            grant_id = resolved.get((b.asset, actor, b.grant, recorded_at), _UNRESOLVED)
-            if grant_id is _UNRESOLVED:
-                append(_usage_row(e, seq, recorded_at, state))
-            else:
-                append((seq, b.asset, actor, grant_id, b.units, b.revenue or 0))
+        else:  # a use given its own id or time: `_usage_row` resolves its grant once too
+            append(_usage_row(e, seq, recorded_at, state))
         seq += 1
     return rows
 
